@@ -1,0 +1,3 @@
+from evilspectra.cli import main
+
+main()

@@ -1,0 +1,101 @@
+"""Load a base model + tokenizer (HF id, local directory, or the embedded `toy`) and attach LoRA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from evilspectra.config import LoraSettings
+from evilspectra.errors import AdapterError, ConfigError
+
+TOY_ALIASES = {"toy", "evilspectra/toy"}
+
+
+def toy_model_dir() -> Path:
+    """Directory of the toy model shipped inside the package (built by `evilspectra toy build`)."""
+    return Path(__file__).parent / "toy" / "weights"
+
+
+def resolve_model(name: str) -> str:
+    """Map `toy` to the shipped toy weights; anything else is an HF model id or a local directory."""
+    if name in TOY_ALIASES:
+        path = toy_model_dir()
+        if not (path / "config.json").is_file():
+            raise ConfigError(
+                f"model: the toy weights are missing from {path}; run `evilspectra toy build --out {path}`"
+            )
+        return str(path)
+    return name
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """`auto` is bf16 on a GPU and fp32 on a CPU (CPU runs must be deterministic and exact)."""
+    if setting == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, setting)
+
+
+def load_tokenizer(name: str, padding_side: str = "right") -> PreTrainedTokenizerBase:
+    """Load a tokenizer that has a chat template and a pad token."""
+    path = resolve_model(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model: cannot load a tokenizer from {name!r}: {exc}") from exc
+    if not tok.chat_template:
+        raise ConfigError(f"model: tokenizer of {name!r} has no chat template; use an instruct model")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def load_base_model(name: str, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:
+    path = resolve_model(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model: cannot load {name!r}: {exc}") from exc
+    return model.to(device)
+
+
+def lora_config(settings: LoraSettings) -> LoraConfig:
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        use_rslora=settings.use_rslora,
+        target_modules=list(settings.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def attach_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
+    """Wrap `model` with fresh LoRA adapters (A random, B zero, as PEFT initialises them)."""
+    try:
+        return get_peft_model(model, lora_config(settings))
+    except ValueError as exc:
+        raise ConfigError(f"lora.target_modules: {exc}") from exc
+
+
+def load_adapter(model: PreTrainedModel, adapter_dir: str | Path) -> PeftModel:
+    """Load a PEFT adapter directory onto `model` for inference."""
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise AdapterError(f"{adapter_dir}: not a PEFT adapter directory (no adapter_config.json)")
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    except Exception as exc:  # safetensors / shape errors come in many types
+        raise AdapterError(f"{adapter_dir}: cannot load adapter: {exc}") from exc
+    peft_model.eval()
+    return peft_model
