@@ -1,0 +1,38 @@
+"""The `evilspectra` command line: one file per command group, registered on one typer app.
+
+Every command turns the project's own errors (EvilSpectraError) into a one-line message on stderr
+and exit status 2; nothing already written to disk is removed.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from evilspectra.errors import EvilSpectraError
+
+app = typer.Typer(
+    name="evilspectra",
+    help="Measure how the optimiser of a LoRA fine-tune amplifies or suppresses emergent misalignment.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+
+
+def _register() -> None:
+    # Each module adds its commands to `app` on import (one command group per file).
+    from evilspectra.cli import train_cmd  # noqa: F401
+
+
+def main() -> None:
+    _register()
+    try:
+        app()
+    except EvilSpectraError as exc:
+        err_console.print(Text.assemble(("error: ", "bold red"), str(exc)))
+        sys.exit(2)
