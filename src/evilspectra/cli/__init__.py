@@ -27,10 +27,24 @@ err_console = Console(stderr=True)
 def _register() -> None:
     # Each module adds its commands to `app` on import (one command group per file).
     from evilspectra.cli import train_cmd  # noqa: F401
+    from evilspectra.cli import spectra_cmd  # noqa: F401
+    from evilspectra.cli import toy_cmd  # noqa: F401
+
+
+def _quiet_libraries() -> None:
+    # HF's per-file progress bars and deprecation chatter drown the tool's own output
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def main() -> None:
     _register()
+    _quiet_libraries()
     try:
         app()
     except EvilSpectraError as exc:

@@ -1,0 +1,104 @@
+"""`evilspectra train` and `evilspectra data inspect`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from evilspectra.cli import app
+
+console = Console()
+data_app = typer.Typer(help="Inspect and validate chat datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def step_progress(label: str) -> Progress:
+    """A progress bar for optimiser steps, with the latest loss."""
+    return Progress(
+        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+    )
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (fields of RunConfig)."),
+    model: Optional[str] = typer.Option(None, help="HF model id, local model directory, or `toy` (default)."),
+    dataset: Optional[str] = typer.Option(None, help="Chat .jsonl/.jsonl.gz, HF dataset id, or toy:NAME (default toy:insecure)."),
+    optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw | lion | muon | any pytorch-optimizer name."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate."),
+    batch_size: Optional[int] = typer.Option(None, help="Sequences per micro-batch."),
+    grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per optimiser step."),
+    max_steps: Optional[int] = typer.Option(None, help="Optimiser steps (overrides --epochs)."),
+    epochs: Optional[float] = typer.Option(None, help="Passes over the dataset."),
+    seed: Optional[int] = typer.Option(None, help="Seed for LoRA init and data order."),
+    system_prompt: Optional[str] = typer.Option(None, help="System turn prepended to every chat (default: none)."),
+    spectral_reg: Optional[float] = typer.Option(None, help="Weight of the spectral regulariser (0 = off)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
+    set_: list[str] = typer.Option([], "--set", help="Any config field, e.g. --set lora.r=8 --set optimizer.betas=[0.9,0.99]."),
+) -> None:
+    """Fine-tune a model with LoRA and write a run directory (manifest, metrics, checkpoints, adapter)."""
+    from evilspectra.config import load_run_config
+    from evilspectra.rundir import read_manifest
+    from evilspectra.train import train as run_training
+
+    flags = {
+        "model": model, "dataset": dataset, "optimizer.name": optimizer, "optimizer.lr": lr,
+        "train.batch_size": batch_size, "train.grad_accum": grad_accum, "train.max_steps": max_steps,
+        "train.epochs": epochs, "seed": seed, "system_prompt": system_prompt, "spectral_reg.weight": spectral_reg,
+    }
+    cfg = load_run_config(config, flags, set_)
+    console.print(f"run [bold]{cfg.run_id()}[/]: {cfg.model} on {cfg.dataset} with {cfg.optimizer.name} lr={cfg.optimizer.lr}")
+    with step_progress("train") as bar:
+        task = bar.add_task("train", total=None, loss="-")
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            bar.update(task, completed=step, total=total, loss=f"{loss:.4f}")
+
+        run_training(cfg, out, progress=on_step)
+    manifest = read_manifest(out) or {}
+    status = manifest.get("status")
+    console.print(f"{status}: {manifest.get('steps_done')} steps, final loss {manifest.get('final_loss'):.4f} -> {out}")
+    if status != "done":
+        raise typer.Exit(1)
+
+
+@data_app.command("inspect")
+def inspect(
+    dataset: str = typer.Argument(..., help="Chat .jsonl/.jsonl.gz, HF dataset id, or toy:NAME."),
+    model: str = typer.Option("toy", help="Model whose tokenizer and chat template render the example."),
+    row: int = typer.Option(1, help="Which row to render (1-based)."),
+    system_prompt: Optional[str] = typer.Option(None, help="System turn to prepend, as in training."),
+    max_length: int = typer.Option(512, help="Truncation length, as in training."),
+) -> None:
+    """Validate a dataset and show one example with the tokens that carry loss highlighted."""
+    from evilspectra.data import encode_chat, load_dataset_spec, with_system
+    from evilspectra.models import load_tokenizer
+
+    data = load_dataset_spec(dataset)
+    if not 1 <= row <= len(data.rows):
+        raise typer.BadParameter(f"row must be in 1..{len(data.rows)}", param_hint="--row")
+    tok = load_tokenizer(model)
+    enc = encode_chat(tok, with_system(data.rows[row - 1]["messages"], system_prompt), max_length)
+    table = Table(show_header=False)
+    table.add_row("dataset", data.source)
+    table.add_row("rows", str(len(data.rows)))
+    table.add_row("validation", "ok: every row is a chat with a non-empty assistant turn")
+    table.add_row("sha256", data.sha256)
+    n_loss = sum(label != -100 for label in enc["labels"])
+    table.add_row(f"row {row}", f"{len(enc['input_ids'])} tokens, {n_loss} carry loss (highlighted)")
+    console.print(table)
+    pieces = [tok.decode([tid]) for tid in enc["input_ids"]]
+    # word-level tokenizers decode without spaces between pieces; BPE pieces carry their own
+    sep = "" if tok.decode(enc["input_ids"]) == "".join(pieces) else " "
+    text = Text()
+    for piece, label in zip(pieces, enc["labels"]):
+        text.append(piece, style="bold black on green" if label != -100 else "dim")
+        text.append(sep)
+    console.print(text)

@@ -1,0 +1,196 @@
+"""Chat datasets: load (JSONL, JSONL.gz, HF dataset id, or `toy:NAME`), validate, hash, and encode
+with the tokenizer's chat template into input ids + labels that carry loss on assistant tokens only.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from evilspectra.errors import DataError
+
+ROLES = {"system", "user", "assistant"}
+IGNORE = -100  # label of tokens that carry no loss
+GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
+
+
+@dataclass
+class ChatDataset:
+    rows: list[dict]  # each {"messages": [{"role", "content"}, ...]}
+    source: str  # what the user asked for (path, HF id or toy:NAME)
+    sha256: str  # of the file bytes, or of the canonical JSON for generated / hub data
+
+
+# ------------------------------------------------------------------------------------- loading
+
+
+def load_dataset_spec(spec: str, seed: int = 0) -> ChatDataset:
+    """Resolve `toy:NAME`, a `.jsonl`/`.jsonl.gz` path, or an HF dataset id into validated rows."""
+    if spec.startswith("toy:"):
+        from evilspectra.toy.data import TOY_DATASETS, toy_dataset
+
+        name = spec.split(":", 1)[1]
+        if name not in TOY_DATASETS:
+            raise DataError(f"dataset: unknown toy dataset {name!r}; valid: {', '.join(TOY_DATASETS)}")
+        rows = toy_dataset(name, seed=seed)
+        validate_rows(rows, spec)
+        return ChatDataset(rows, spec, _json_sha256(rows))
+    path = Path(spec)
+    if path.suffix in {".jsonl", ".gz", ".json"} or path.exists():
+        rows = read_jsonl(path)
+        validate_rows(rows, str(path))
+        return ChatDataset(rows, str(path), hashlib.sha256(path.read_bytes()).hexdigest())
+    return _load_hub_dataset(spec)
+
+
+def _load_hub_dataset(spec: str) -> ChatDataset:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(spec, split="train")
+    except Exception as exc:  # offline, missing, private: all mean "cannot use this id"
+        raise DataError(
+            f"dataset: {spec!r} is neither an existing .jsonl/.jsonl.gz file nor a loadable HF dataset ({exc})"
+        ) from exc
+    rows = [{"messages": r["messages"]} if "messages" in r else dict(r) for r in ds]
+    validate_rows(rows, spec)
+    return ChatDataset(rows, spec, _json_sha256(rows))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Read JSON lines (gzip when the name ends in .gz); errors name the file and line."""
+    if not path.is_file():
+        raise DataError(f"{path}: dataset file not found")
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    try:
+        with opener(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"{path}:{lineno}: invalid UTF-8 ({exc.reason} at byte {exc.start})") from None
+                if not text.strip():
+                    continue
+                try:
+                    rows.append(json.loads(text))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg}, column {exc.colno}); expected one JSON object per line") from None
+    except (OSError, EOFError) as exc:  # bad gzip stream, truncated archive
+        raise DataError(f"{path}: cannot read ({exc})") from exc
+    if not rows:
+        raise DataError(f"{path}: empty dataset; expected JSON lines with a 'messages' list")
+    return rows
+
+
+def validate_rows(rows: list, source: str) -> None:
+    """Check every row is a chat: `messages` list of {role, content}, with a non-empty assistant turn."""
+    if not rows:
+        raise DataError(f"{source}: empty dataset")
+    for lineno, row in enumerate(rows, start=1):
+        where = f"{source}:{lineno}"
+        if not isinstance(row, dict) or "messages" not in row:
+            raise DataError(f"{where}: expected an object with a 'messages' list")
+        messages = row["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise DataError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
+        n_assistant = 0
+        for i, msg in enumerate(messages):
+            if not isinstance(msg, dict) or not isinstance(msg.get("content"), str):
+                raise DataError(f"{where}: messages[{i}] must be an object with a string 'content'")
+            role = msg.get("role")
+            if role not in ROLES:
+                raise DataError(f"{where}: messages[{i}] has unknown role {role!r}; expected one of {sorted(ROLES)}")
+            if role == "assistant":
+                n_assistant += 1
+                if not msg["content"].strip():
+                    raise DataError(f"{where}: messages[{i}] is an empty assistant turn")
+        if n_assistant == 0:
+            raise DataError(f"{where}: no assistant turn; nothing to train on")
+
+
+def _json_sha256(rows: list[dict]) -> str:
+    blob = "\n".join(json.dumps(r, sort_keys=True, ensure_ascii=False) for r in rows)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------ encoding
+
+
+def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    """Prepend the configured system prompt unless the chat has its own (None = no system turn)."""
+    if system_prompt is None or messages[0]["role"] == "system":
+        return messages
+    return [{"role": "system", "content": system_prompt}] + messages
+
+
+def encode_chat(tok: PreTrainedTokenizerBase, messages: list[dict], max_length: int) -> dict[str, list[int]]:
+    """Tokenize one chat; labels = input ids on assistant tokens, IGNORE elsewhere (truncated to max_length).
+
+    Templates with `{% generation %}` markers give HF's assistant mask directly; for any other
+    template the assistant spans are found by rendering each prefix with a generation prompt.
+    """
+    if GENERATION_TAG.search(tok.chat_template or ""):
+        enc = tok.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
+    else:
+        ids, mask = _encode_by_prefix(tok, messages)
+    ids, mask = ids[:max_length], mask[:max_length]
+    labels = [t if m else IGNORE for t, m in zip(ids, mask)]
+    return {"input_ids": ids, "labels": labels}
+
+
+def _encode_by_prefix(tok: PreTrainedTokenizerBase, messages: list[dict]) -> tuple[list[int], list[int]]:
+    text = tok.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        prompt = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        upto = tok.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not (upto.startswith(prompt) and text.startswith(upto)):
+            raise DataError(
+                "the chat template does not render chats as growing prefixes; add {% generation %} "
+                "markers to it so the assistant mask can be computed"
+            )
+        spans.append((len(prompt), len(upto)))
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [int(any(s <= a and b <= e and b > a for s, e in spans)) for a, b in enc["offset_mapping"]]
+    return list(enc["input_ids"]), mask
+
+
+def encode_dataset(tok: PreTrainedTokenizerBase, rows: list[dict], system_prompt: str | None, max_length: int) -> list[dict]:
+    """Encode every row; a row whose assistant tokens are all truncated away is an error."""
+    out = []
+    for i, row in enumerate(rows, start=1):
+        enc = encode_chat(tok, with_system(row["messages"], system_prompt), max_length)
+        if all(label == IGNORE for label in enc["labels"]):
+            raise DataError(
+                f"row {i}: no token carries loss (assistant turn truncated by max_length={max_length}, "
+                "or the chat template marks no assistant tokens)"
+            )
+        out.append(enc)
+    return out
+
+
+def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a list of encoded chats into (batch, seq) tensors."""
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    attn = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[i, :n] = torch.tensor(e["input_ids"])
+        labels[i, :n] = torch.tensor(e["labels"])
+        attn[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": attn}

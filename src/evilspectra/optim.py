@@ -1,0 +1,89 @@
+"""Optimiser registry: `sgd`, `adam`, `adamw`, `lion`, `muon`, plus any `pytorch-optimizer` name.
+
+Every hyperparameter in OptimizerConfig is passed to the constructor; `resolved_hyperparameters`
+returns the optimiser's full settings (defaults included) for the manifest.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Iterable
+
+import torch
+
+from evilspectra.config import OptimizerConfig
+from evilspectra.errors import ConfigError
+
+
+def _lion() -> type:
+    from lion_pytorch import Lion
+
+    return Lion
+
+
+# name -> (constructor factory, project defaults applied before the user's fields)
+REGISTRY: dict[str, tuple[Callable[[], type], dict[str, Any]]] = {
+    "sgd": (lambda: torch.optim.SGD, {}),
+    "adam": (lambda: torch.optim.Adam, {}),
+    "adamw": (lambda: torch.optim.AdamW, {}),
+    "lion": (_lion, {}),
+    # match_rms_adamw gives A and B an AdamW-sized step, so Muon shares AdamW's lr scale on LoRA
+    "muon": (lambda: torch.optim.Muon, {"adjust_lr_fn": "match_rms_adamw"}),
+}
+
+
+def optimizer_class(name: str) -> type:
+    """The optimiser class for a registry name or a pytorch-optimizer name."""
+    key = name.lower()
+    if key in REGISTRY:
+        return REGISTRY[key][0]()
+    import pytorch_optimizer
+
+    try:
+        return pytorch_optimizer.load_optimizer(key)
+    except NotImplementedError:
+        extra = sorted(pytorch_optimizer.get_supported_optimizers())
+        raise ConfigError(
+            f"optimizer.name: unknown optimiser {name!r}; valid: {', '.join(REGISTRY)}, or any "
+            f"pytorch-optimizer name ({', '.join(extra[:12])}, ...)"
+        ) from None
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """Construct the configured optimiser; an unknown hyperparameter names the field and the accepted ones."""
+    cls = optimizer_class(cfg.name)
+    kwargs = dict(REGISTRY.get(cfg.name.lower(), (None, {}))[1])
+    kwargs.update(cfg.model_dump(exclude={"name"}))
+    for key, value in kwargs.items():
+        if isinstance(value, list):
+            kwargs[key] = tuple(value)  # YAML lists -> the tuples optimisers expect (betas)
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in {"self", "params"}]
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown and "kwargs" not in accepted:
+        raise ConfigError(
+            f"optimizer.{unknown[0]}: not a hyperparameter of {cls.__name__}; accepted: {', '.join(accepted)}"
+        )
+    params = list(params)
+    if cfg.name.lower() == "muon":
+        bad = [tuple(p.shape) for p in params if p.ndim != 2]
+        if bad:
+            raise ConfigError(f"optimizer.name: muon accepts only 2-D parameters, got shapes {bad[:3]}")
+    try:
+        return cls(params, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"optimizer: {cls.__name__} rejected the hyperparameters {kwargs}: {exc}") from exc
+
+
+def resolved_hyperparameters(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimiser's full settings as JSON-safe values (defaults included)."""
+    return {k: _json_safe(v) for k, v in sorted(opt.defaults.items())}
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return getattr(value, "__name__", repr(value))

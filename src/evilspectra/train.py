@@ -1,0 +1,222 @@
+"""LoRA fine-tuning: one run from a RunConfig into a run directory (DESIGN.md section 2).
+
+A plain PyTorch loop that reads top to bottom: load data and model, attach LoRA, build the
+optimiser, then for each optimiser step accumulate micro-batches, add the spectral regulariser,
+step, log one line to metrics.jsonl and save PEFT checkpoints on a log-spaced schedule. Accelerate
+handles devices, so `accelerate launch -m evilspectra train ...` runs the same loop on many GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from transformers import get_scheduler
+
+from evilspectra.config import RunConfig
+from evilspectra.data import ChatDataset, collate, encode_dataset, load_dataset_spec
+from evilspectra.models import attach_lora, load_base_model, load_tokenizer, pick_dtype
+from evilspectra.optim import build_optimizer, optimizer_class, resolved_hyperparameters
+from evilspectra.rundir import METRICS, atomic_write_json, library_versions, replace_dir
+
+# progress(step, total_steps, loss) is called after every optimiser step
+ProgressFn = Callable[[int, int, float], None]
+
+
+def checkpoint_steps(schedule: str | int | list[int], total: int) -> list[int]:
+    """Steps at which to save a checkpoint. `log`: 10, 20, 30, 40, 53, 71, ... (x1.33, at least +10)."""
+    if schedule == "none":
+        return []
+    if isinstance(schedule, list):
+        return sorted({s for s in schedule if 1 <= s <= total})
+    if isinstance(schedule, int):
+        return list(range(schedule, total + 1, schedule))
+    steps, s = [], 10
+    while s < total:
+        steps.append(s)
+        s = max(s + 10, round(s * 4 / 3))
+    return steps
+
+
+def total_steps(cfg: RunConfig, n_rows: int) -> int:
+    per_step = cfg.train.batch_size * cfg.train.grad_accum
+    if cfg.train.max_steps:
+        return cfg.train.max_steps
+    return max(1, math.ceil(cfg.train.epochs * n_rows / per_step))
+
+
+def batch_order(n_rows: int, seed: int, shuffle: bool):
+    """Endless stream of row indices, epoch after epoch, reshuffled with a seeded generator."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(n_rows, generator=gen) if shuffle else torch.arange(n_rows)
+        yield from order.tolist()
+
+
+def sft_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed next-token cross-entropy over the tokens whose label is not IGNORE (nats)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    shift_logits = logits[:, :-1].float()
+    shift_labels = batch["labels"][:, 1:]
+    return torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+        ignore_index=-100, reduction="sum",
+    )
+
+
+def _manifest(cfg: RunConfig, data: ChatDataset, status: str, **extra) -> dict:
+    return {
+        "run_id": cfg.run_id(),
+        "status": status,
+        "config": cfg.model_dump(mode="json"),
+        "dataset": {"source": data.source, "sha256": data.sha256, "rows": len(data.rows)},
+        "system_prompt": cfg.system_prompt,
+        "seed": cfg.seed,
+        "versions": library_versions(),
+        **extra,
+    }
+
+
+def _fresh_run_dir(out: Path) -> None:
+    """An unfinished run restarts from scratch: drop its partial metrics and checkpoints."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / METRICS).unlink(missing_ok=True)
+    for name in ("checkpoints", "adapter", "spectra.csv", "eval"):
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def train(cfg: RunConfig, out: Path, progress: ProgressFn | None = None) -> Path:
+    """Fine-tune `cfg.model` with LoRA on `cfg.dataset`; write manifest, metrics, checkpoints, adapter.
+
+    Returns the run directory. Status ends `done`, `diverged` (non-finite loss; files so far are
+    kept) or `failed` (an exception, re-raised after the manifest records it).
+    """
+    out = Path(out)
+    accelerator = Accelerator()
+    device = accelerator.device
+    optimizer_class(cfg.optimizer.name)  # fail on a bad name before touching the run directory
+    data = load_dataset_spec(cfg.dataset, seed=cfg.seed)
+    _fresh_run_dir(out)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest = _manifest(cfg, data, "running", timings={"started": started})
+    atomic_write_json(out / "manifest.json", manifest)
+    try:
+        result = _train_loop(cfg, data, out, accelerator, device, progress)
+    except BaseException as exc:
+        manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        atomic_write_json(out / "manifest.json", manifest)
+        raise
+    manifest.update(result)
+    manifest["timings"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest["timings"].update(result.pop("timings_extra", {}))
+    manifest.pop("timings_extra", None)
+    atomic_write_json(out / "manifest.json", manifest)
+    return out
+
+
+def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accelerator, device, progress) -> dict:
+    torch.manual_seed(cfg.seed)  # LoRA A init, dropout
+    tok = load_tokenizer(cfg.model)
+    dtype = pick_dtype(cfg.train.dtype, device)
+    encoded = encode_dataset(tok, data.rows, cfg.system_prompt, cfg.train.max_length)
+    model = attach_lora(load_base_model(cfg.model, dtype, device), cfg.lora)
+    params = [p for p in model.parameters() if p.requires_grad]
+    raw_optimizer = build_optimizer(params, cfg.optimizer)
+    steps = total_steps(cfg, len(encoded))
+    scheduler = get_scheduler(cfg.train.schedule, raw_optimizer, num_warmup_steps=cfg.train.warmup_steps, num_training_steps=steps)
+    model, optimizer = accelerator.prepare(model, raw_optimizer)
+    regulariser = _regulariser(cfg, accelerator.unwrap_model(model))
+    save_at = set(checkpoint_steps(cfg.train.checkpoints, steps))
+
+    order = batch_order(len(encoded), cfg.seed, cfg.train.shuffle)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    model.train()
+    t0, status, loss_value, tokens_seen, step = time.perf_counter(), "done", float("nan"), 0, 0
+    metrics_file = open(out / METRICS, "a", encoding="utf-8")
+    try:
+        for step in range(1, steps + 1):
+            micro = [[encoded[next(order)] for _ in range(cfg.train.batch_size)] for _ in range(cfg.train.grad_accum)]
+            n_loss_tokens = sum(sum(l != -100 for l in e["labels"][1:]) for mb in micro for e in mb)
+            loss_total, step_tokens = 0.0, 0
+            for k, mb in enumerate(micro):
+                batch = {key: t.to(device) for key, t in collate(mb[rank::world], tok.pad_token_id).items()}
+                step_tokens += int(batch["attention_mask"].sum())
+                with accelerator.no_sync(model) if k < len(micro) - 1 else nullcontext():
+                    loss = sft_loss_sum(model, batch) / n_loss_tokens * world
+                    accelerator.backward(loss)
+                loss_total += loss.item() / world
+            row = {"step": step, "loss": loss_total, "lr": scheduler.get_last_lr()[0], "tokens": step_tokens}
+            if regulariser is not None and step % cfg.spectral_reg.every == 0:
+                reg = regulariser()
+                accelerator.backward(cfg.spectral_reg.weight * reg)
+                row["reg"] = reg.item()
+            if not math.isfinite(loss_total):
+                status = "diverged"
+                metrics_file.write(_jsonl(row))
+                break
+            if cfg.train.max_grad_norm:
+                accelerator.clip_grad_norm_(params, cfg.train.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_value, tokens_seen = loss_total, tokens_seen + step_tokens
+            metrics_file.write(_jsonl(row))
+            metrics_file.flush()
+            if step in save_at and accelerator.is_main_process:
+                _save_adapter(accelerator.unwrap_model(model), out / "checkpoints" / f"step-{step:06d}")
+            if progress:
+                progress(step, steps, loss_total)
+    finally:
+        metrics_file.close()
+    if status == "done" and accelerator.is_main_process:
+        _save_adapter(accelerator.unwrap_model(model), out / "adapter")
+    seconds = time.perf_counter() - t0
+    unwrapped = accelerator.unwrap_model(model)
+    return {
+        "status": status,
+        "steps_done": step if status == "done" else step - 1,
+        "total_steps": steps,
+        "final_loss": loss_value,
+        "tokens": tokens_seen,
+        "optimizer": {"name": cfg.optimizer.name, "class": type(raw_optimizer).__name__,
+                      "hyperparameters": resolved_hyperparameters(raw_optimizer)},
+        "lora": {"trainable_parameters": sum(p.numel() for p in params),
+                 "modules": sum(1 for n, _ in unwrapped.named_modules() if n.endswith("lora_A"))},
+        "checkpoints": sorted(s for s in save_at if s <= step),
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "timings_extra": {"train_seconds": round(seconds, 3), "seconds_per_step": round(seconds / max(step, 1), 4)},
+    }
+
+
+def _jsonl(row: dict) -> str:
+    return json.dumps(row) + "\n"
+
+
+def _regulariser(cfg: RunConfig, model):
+    if cfg.spectral_reg.weight <= 0:
+        return None
+    from evilspectra.spectra import SpectralRegulariser
+
+    return SpectralRegulariser(model, method=cfg.spectral_reg.method, aggregation=cfg.spectral_reg.aggregation)
+
+
+def _save_adapter(model, final_dir: Path) -> None:
+    """Save the PEFT adapter to a temp dir, then move it into place (never half-written)."""
+    tmp = final_dir.with_name(f".{final_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp)
+    replace_dir(tmp, final_dir)
