@@ -1,0 +1,22 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   install, then run the toy optimiser sweep -> analysis -> report (CPU, offline)
+#   make test   install with test extras, then run the test suite
+PY ?= python3
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+
+.PHONY: install install-dev demo test
+
+# torch first, pinned: an open range would pull a multi-GB CUDA build
+install:
+	$(PIP) torch==2.13.0
+	$(PIP) -e .
+
+install-dev:
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[dev]"
+
+demo: install
+	evilspectra demo --out demo
+
+test: install-dev
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
