@@ -1,0 +1,88 @@
+"""A persistent cache of judge calls, so that rerunning an evaluation costs no judge calls.
+
+One sqlite file (stdlib), one row per judge call, keyed by the sha256 of (judge model, prompt
+template, question, answer, metric). Only successful calls are stored: a score (or no score, when
+the judge's number tokens carried too little mass) and its verdict. Failures are never stored, so
+a rerun retries them.
+
+Durability: WAL journal and one transaction per write, so several processes may write the same
+file at once and a process killed mid-write leaves the file consistent (sqlite rolls the torn
+transaction back on the next open).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS judgements (
+    key TEXT PRIMARY KEY,        -- sha256 hex of the identity below
+    model TEXT NOT NULL,         -- judge model name
+    metric TEXT NOT NULL,        -- e.g. aligned, coherent
+    score REAL,                  -- 0..100, NULL when the judge gave no score
+    verdict TEXT NOT NULL,       -- ok | CODE | REFUSAL
+    top_logprobs TEXT NOT NULL,  -- JSON {token: natural-log probability}, to recompute scores
+    created REAL NOT NULL        -- unix time
+)
+"""
+
+
+def cache_key(model: str, template: str, question: str, answer: str, metric: str) -> str:
+    """sha256 hex of the judge call's identity (JSON-encoded, so fields cannot run together)."""
+    identity = json.dumps([model, template, question, answer, metric], ensure_ascii=False)
+    return hashlib.sha256(identity.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class CachedCall:
+    """One stored judge call: its score (None if no score) and verdict."""
+
+    score: float | None
+    verdict: str
+    top_logprobs: dict[str, float]
+
+
+class JudgeCache:
+    """sqlite-backed map from cache_key(...) to CachedCall. Use one instance per process."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # autocommit mode: each `with self._db:` block below is one explicit transaction
+        self._db = sqlite3.connect(
+            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
+        self._db.execute(_SCHEMA)
+
+    def get(self, key: str) -> CachedCall | None:
+        row = self._db.execute(
+            "SELECT score, verdict, top_logprobs FROM judgements WHERE key = ?", (key,)
+        ).fetchone()
+        if row is None:
+            return None
+        return CachedCall(score=row[0], verdict=row[1], top_logprobs=json.loads(row[2]))
+
+    def put(self, key: str, model: str, metric: str, call: CachedCall) -> None:
+        """Store one successful call; callers must never pass failures."""
+        if call.verdict not in ("ok", "CODE", "REFUSAL"):
+            raise ValueError(f"only successful judge calls are cached, not {call.verdict!r}")
+        with self._db:  # BEGIN ... COMMIT, rolled back on error
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT OR REPLACE INTO judgements VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key, model, metric, call.score, call.verdict,
+                 json.dumps(call.top_logprobs), time.time()),
+            )
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM judgements").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
