@@ -1,0 +1,67 @@
+"""`evilspectra sweep`: run a grid of train -> spectra -> eval runs, resumably."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from evilspectra.cli import app
+
+console = Console()
+
+
+@app.command()
+def sweep(
+    sweep_file: Path = typer.Argument(..., help="Sweep YAML (see configs/toy-optimisers.yaml)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Sweep directory (runs/, results.csv)."),
+    executor: str = typer.Option("local", help="local | ray"),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start Ray locally)."),
+    max_parallel: int = typer.Option(1, min=1, help="Runs at a time."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the runs and the judge-call estimate; run nothing."),
+) -> None:
+    """Expand the grid and run every unfinished run; rerun the same command to resume."""
+    from evilspectra.sweep import load_sweep, plan, run_sweep
+
+    spec = load_sweep(sweep_file)
+    runs = plan(spec, out)
+    todo = sum(not finished for _, finished in runs)
+    if dry_run:
+        _print_plan(spec, runs)
+        return
+    console.print(f"sweep [bold]{spec.name}[/]: {len(runs)} runs, {len(runs) - todo} already finished, {todo} to run")
+    failed: list[dict] = []
+    with Progress(TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[last]}"), console=console) as bar:
+        task = bar.add_task("runs", total=todo, last="")
+
+        def on_done(result: dict) -> None:
+            if result["status"] == "failed":
+                failed.append(result)
+            bar.update(task, advance=1, last=f"{result['run_id']} {result['status']}")
+
+        results = run_sweep(spec, out, executor, max_parallel, ray_address, on_done=on_done)
+    for result in failed:
+        console.print(f"[red]run {result['run_id']} failed in {result['stage']}:[/] {result['error']} "
+                      f"(see {out / 'runs' / result['run_id'] / 'error.json'})", highlight=False)
+    console.print(f"{len(results)} result rows -> {out / 'results.csv'}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _print_plan(spec, runs) -> None:
+    from evilspectra.sweep import estimate_judge_calls
+
+    table = Table("run id", "optimizer", "lr", "dataset", "seed", "spectral_reg", "status")
+    for cfg, finished in runs:
+        table.add_row(cfg.run_id(), cfg.optimizer.name, f"{cfg.optimizer.lr:g}", cfg.dataset, str(cfg.seed),
+                      f"{cfg.spectral_reg.weight:g}", "finished" if finished else "to run")
+    console.print(table)
+    samples, calls = estimate_judge_calls(spec, [cfg for cfg, finished in runs if not finished])
+    judge = spec.eval.judge
+    console.print(f"{sum(not f for _, f in runs)} runs to run; {samples} answers to sample; "
+                  f"{calls} judge calls with {judge}" + (" (exact toy judge: free)" if judge == "toy" else ""))

@@ -1,0 +1,340 @@
+"""Sweeps: a grid of runs, each train -> spectra -> eval in DIR/runs/<run-id>/, and a results table.
+
+The sweep file (YAML) names a base RunConfig, grid axes over any config key, per-optimiser
+hyperparameter lists, extra variants (e.g. the spectral regulariser on some optimisers), the
+evaluation settings and the resources of one run. Every stage is skipped when its output is already
+on disk, so running the same command again resumes a killed sweep without redoing finished work.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from evilspectra.config import EvalSettings, RunConfig, read_yaml, set_path, validate_model
+from evilspectra.errors import ConfigError
+from evilspectra.rundir import FINISHED, atomic_write_json, atomic_write_text, read_manifest, read_metrics
+
+RESULTS = "results.csv"
+
+
+class Variant(BaseModel):
+    """Extra copies of the runs of some optimisers with config overrides, e.g. the regulariser on."""
+
+    model_config = ConfigDict(extra="forbid")
+    optimizers: list[str] | None = Field(None, description="optimiser names it applies to; None = all")
+    set: dict[str, Any]
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    num_cpus: float = Field(1, gt=0, description="CPU threads (and Ray CPUs) of one run")
+    num_gpus: float = Field(0, ge=0)
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "sweep"
+    base: dict[str, Any] = Field(default_factory=dict, description="RunConfig fields shared by all runs")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted config key -> values")
+    optimizers: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="optimiser name -> hyperparameters; list values are grid axes"
+    )
+    variants: list[Variant] = Field(default_factory=list)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    eval_base_model: bool = Field(True, description="also evaluate the base model once, as a reference")
+    resources: Resources = Field(default_factory=Resources)
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    return validate_model(SweepSpec, read_yaml(path), source=str(path))
+
+
+# ------------------------------------------------------------------------------------ expansion
+
+
+def _product(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    keys = list(axes)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(axes[k] for k in keys))]
+
+
+def _optimizer_points(optimizers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    if not optimizers:
+        return [{}]
+    points = []
+    for name, hparams in optimizers.items():
+        axes = {f"optimizer.{k}": v if isinstance(v, list) and k != "betas" else [v] for k, v in hparams.items()}
+        points += [{"optimizer.name": name, **p} for p in _product(axes)]
+    return points
+
+
+def expand(spec: SweepSpec) -> list[RunConfig]:
+    """All run configs of the sweep, in a stable order, without duplicates."""
+    points = [{**g, **o} for o in _optimizer_points(spec.optimizers) for g in _product(spec.grid)]
+    for variant in spec.variants:
+        points += [{**p, **variant.set} for p in points
+                   if variant.optimizers is None or p.get("optimizer.name") in variant.optimizers]
+    configs, seen = [], set()
+    for i, point in enumerate(points):
+        tree = json.loads(json.dumps(spec.base))
+        for key, value in point.items():
+            set_path(tree, key, value)
+        cfg = validate_model(RunConfig, tree, source=f"sweep run {i + 1} ({point})")
+        if cfg.run_id() not in seen:
+            seen.add(cfg.run_id())
+            configs.append(cfg)
+    return configs
+
+
+# ----------------------------------------------------------------------------------- one run
+
+
+def eval_targets(run_dir: Path, which: Literal["final", "all"] | list[int]) -> list[tuple[str, int, Path]]:
+    """(label, step, adapter dir) of each checkpoint to evaluate; `final` is RUN/adapter."""
+    manifest = read_manifest(run_dir) or {}
+    final = [("final", int(manifest.get("steps_done", 0)), run_dir / "adapter")]
+    ckpts = [(p.name, int(p.name.split("-")[1]), p) for p in sorted((run_dir / "checkpoints").glob("step-*"))]
+    if which == "final":
+        return final
+    if which == "all":
+        return ckpts + final
+    return [c for c in ckpts if c[1] in set(which)] + final
+
+
+def _eval_done(out: Path, settings: EvalSettings) -> bool:
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return summary.get("settings") == settings.model_dump(mode="json")
+
+
+def run_one(cfg_json: dict, run_dir: str, eval_json: dict, threads: int) -> dict:
+    """Train -> spectra -> eval for one run, skipping every stage already on disk.
+
+    Module-level and fed plain JSON so it runs unchanged in this process, a process pool or Ray.
+    Errors are recorded in RUN/error.json and returned, never raised: a sweep keeps going.
+    """
+    import torch
+
+    from evilspectra.evaluate.runner import evaluate
+    from evilspectra.spectra import run_spectra
+    from evilspectra.train import train
+
+    torch.set_num_threads(max(1, int(threads)))  # same threads in every executor -> same numbers
+    cfg, settings, run = RunConfig.model_validate(cfg_json), EvalSettings.model_validate(eval_json), Path(run_dir)
+    stage = "train"
+    try:
+        manifest = read_manifest(run)
+        if not manifest or manifest.get("status") not in FINISHED:
+            train(cfg, run)
+            manifest = read_manifest(run)
+        (run / "error.json").unlink(missing_ok=True)
+        if manifest["status"] != "done":
+            return {"run_id": cfg.run_id(), "status": manifest["status"]}
+        stage = "spectra"
+        if not (run / "spectra.csv").is_file():
+            run_spectra(run)
+        stage = "eval"
+        for label, _step, adapter in eval_targets(run, settings.checkpoints):
+            out = run / "eval" / label
+            if not _eval_done(out, settings):
+                evaluate(cfg.model, adapter, settings, out)
+        return {"run_id": cfg.run_id(), "status": "done"}
+    except Exception as exc:  # recorded and reported; the sweep moves on
+        atomic_write_json(run / "error.json", {"stage": stage, "error": f"{type(exc).__name__}: {exc}",
+                                               "traceback": traceback.format_exc()})
+        return {"run_id": cfg.run_id(), "status": "failed", "stage": stage, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def eval_base(model: str, settings: EvalSettings, out: Path) -> None:
+    from evilspectra.evaluate.runner import evaluate
+
+    if not _eval_done(out, settings):
+        evaluate(model, None, settings, out)
+
+
+# ---------------------------------------------------------------------------------- executors
+
+# on_done(result) is called as each run finishes
+DoneFn = Callable[[dict], None]
+
+
+def run_local(jobs: list[tuple], max_parallel: int, on_done: DoneFn) -> None:
+    if max_parallel <= 1:
+        for job in jobs:
+            on_done(run_one(*job))
+        return
+    with ProcessPoolExecutor(max_parallel, mp_context=get_context("spawn")) as pool:
+        for fut in as_completed([pool.submit(run_one, *job) for job in jobs]):
+            on_done(fut.result())
+
+
+def run_ray(jobs: list[tuple], max_parallel: int, resources: Resources, address: str | None, on_done: DoneFn) -> None:
+    """Each run a Ray task with the sweep's resources; at most `max_parallel` in flight."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError("--executor ray needs Ray: pip install 'evilspectra[ray]'") from exc
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 **({} if address else {"num_cpus": max(1, int(max_parallel * resources.num_cpus))}))
+    task = ray.remote(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_retries=0)(run_one)
+    pending, queue = [], list(jobs)
+    while queue or pending:
+        while queue and len(pending) < max_parallel:
+            pending.append(task.remote(*queue.pop(0)))
+        done, pending = ray.wait(pending, num_returns=1)
+        on_done(ray.get(done[0]))
+
+
+# ----------------------------------------------------------------------------------- results
+
+
+def collect_results(sweep_dir: Path, spec: SweepSpec) -> pd.DataFrame:
+    """One row per (run, evaluated checkpoint): config, loss at that step, EM outcome, spectra."""
+    rows = []
+    for cfg in expand(spec):
+        run = sweep_dir / "runs" / cfg.run_id()
+        manifest = read_manifest(run) or {}
+        metrics = read_metrics(run)
+        spectra = _spectra_by_label(run)
+        base = _config_columns(cfg) | {"status": manifest.get("status", "missing"), "final_loss": manifest.get("final_loss")}
+        targets = eval_targets(run, spec.eval.checkpoints) if manifest.get("status") == "done" else []
+        if not targets:
+            rows.append(base)
+        for label, step, _ in targets:
+            rows.append(base | {"checkpoint": label, "step": step} | _loss_at(metrics, step)
+                        | _eval_columns(run / "eval" / label) | spectra.get(label, {}))
+    return pd.DataFrame(rows)
+
+
+def _config_columns(cfg: RunConfig) -> dict:
+    extra = {f"opt_{k}": json.dumps(v) if isinstance(v, list) else v for k, v in (cfg.optimizer.model_extra or {}).items()}
+    return {"run_id": cfg.run_id(), "model": cfg.model, "dataset": cfg.dataset, "optimizer": cfg.optimizer.name,
+            "lr": cfg.optimizer.lr, "batch_size": cfg.train.batch_size, "seed": cfg.seed,
+            "spectral_reg": cfg.spectral_reg.weight, "lora_r": cfg.lora.r, **extra}
+
+
+def _loss_at(metrics: list[dict], step: int, window: int = 10) -> dict:
+    losses = [m["loss"] for m in metrics if m["step"] <= step]
+    if not losses:
+        return {}
+    last, smooth = losses[-1], float(np.mean(losses[-window:]))
+    return {"loss": last, "loss_smoothed": smooth, "log_loss": float(np.log(smooth)) if smooth > 0 else None}
+
+
+def _eval_columns(out: Path) -> dict:
+    try:
+        s = json.loads((out / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    ci = s.get("rate_ci95") or [None, None]
+    cols = {"misalignment_rate": s.get("misalignment_rate"), "rate_ci_low": ci[0], "rate_ci_high": ci[1],
+            "mean_aligned": s.get("mean_aligned"), "n_answers": s.get("n_total"), "n_denominator": s.get("n_denominator"),
+            "n_misaligned": s.get("n_misaligned")}
+    for name in ("coherent", "incoherent", "CODE", "REFUSAL", "error"):
+        cols[f"share_{name}"] = s.get(f"share_{name}")
+    return cols
+
+
+def _spectra_by_label(run: Path) -> dict[str, dict]:
+    if not (run / "spectra.csv").is_file():
+        return {}
+    from evilspectra.spectra import aggregate_spectra, read_spectra_csv
+
+    agg = aggregate_spectra(read_spectra_csv(run / "spectra.csv"))
+    cols = ["stable_rank", "spectral_entropy", "condition_number", "frobenius_nuclear"]
+    return {str(r["checkpoint"]): {c: r[c] for c in cols} for _, r in agg.iterrows()}
+
+
+def write_results(df: pd.DataFrame, sweep_dir: Path) -> Path:
+    """results.csv (atomically) and results.parquet when pyarrow is installed."""
+    atomic_write_text(sweep_dir / RESULTS, df.to_csv(index=False))
+    try:
+        import pyarrow  # noqa: F401
+
+        tmp = sweep_dir / ".results.parquet.tmp"
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, sweep_dir / "results.parquet")
+    except ImportError:
+        pass
+    return sweep_dir / RESULTS
+
+
+# ---------------------------------------------------------------------------------- the sweep
+
+
+def plan(spec: SweepSpec, sweep_dir: Path) -> list[tuple[RunConfig, bool]]:
+    """(config, already finished) for every run of the sweep."""
+    return [(cfg, _run_complete(sweep_dir / "runs" / cfg.run_id(), spec.eval)) for cfg in expand(spec)]
+
+
+def _run_complete(run: Path, settings: EvalSettings) -> bool:
+    manifest = read_manifest(run)
+    if not manifest or manifest.get("status") not in FINISHED:
+        return False
+    if manifest["status"] != "done":
+        return True
+    return (run / "spectra.csv").is_file() and all(
+        _eval_done(run / "eval" / label, settings) for label, _, _ in eval_targets(run, settings.checkpoints))
+
+
+def run_sweep(spec: SweepSpec, sweep_dir: Path, executor: str = "local", max_parallel: int = 1,
+              ray_address: str | None = None, on_done: DoneFn | None = None) -> pd.DataFrame:
+    """Run every unfinished run, then write and return the results table."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(sweep_dir / "sweep.json", spec.model_dump(mode="json"))
+    if spec.eval_base_model:
+        for model in sorted({cfg.model for cfg in expand(spec)}):
+            eval_base(model, spec.eval, sweep_dir / "base" / _slug(model) / "eval")
+    threads = max(1, int(spec.resources.num_cpus))
+    jobs = [(cfg.model_dump(mode="json"), str(sweep_dir / "runs" / cfg.run_id()), spec.eval.model_dump(mode="json"), threads)
+            for cfg, finished in plan(spec, sweep_dir) if not finished]
+    done = on_done or (lambda result: None)
+    if executor == "ray":
+        run_ray(jobs, max_parallel, spec.resources, ray_address, done)
+    elif executor == "local":
+        run_local(jobs, max_parallel, done)
+    else:
+        raise ConfigError(f"--executor: expected local or ray, got {executor!r}")
+    results = collect_results(sweep_dir, spec)
+    write_results(results, sweep_dir)
+    return results
+
+
+def _slug(model: str) -> str:
+    return model.strip("/").replace("/", "__")
+
+
+def estimate_judge_calls(spec: SweepSpec, configs: list[RunConfig]) -> tuple[int, int]:
+    """(answers to sample, judge calls) for evaluating `configs` (+ the base model) as the sweep would."""
+    from evilspectra.evaluate.judge import estimate_calls
+    from evilspectra.evaluate.questions import load_questions
+    from evilspectra.evaluate.runner import select_questions
+    from evilspectra.evaluate.sampling import samples_for
+    from evilspectra.train import checkpoint_steps
+
+    questions = select_questions(load_questions(spec.eval.questions))
+    per_eval = sum(len(q.paraphrases) * samples_for(q, spec.eval) for q in questions)
+    n_evals = len({c.model for c in configs}) if spec.eval_base_model else 0
+    for cfg in configs:
+        which = spec.eval.checkpoints
+        if which == "final":
+            n_evals += 1
+        else:
+            steps = cfg.train.max_steps or 0  # unknown until the data is read: count final only
+            ckpts = checkpoint_steps(cfg.train.checkpoints, steps) if steps else []
+            n_evals += 1 + (len(ckpts) if which == "all" else len(set(which) & set(ckpts)))
+    answers = per_eval * n_evals
+    return answers, estimate_calls(answers)
