@@ -57,6 +57,8 @@ class SweepSpec(BaseModel):
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
+    """Read a sweep YAML (or a preset name such as `toy-optimisers`)."""
+    path = preset_path(str(path))
     return validate_model(SweepSpec, read_yaml(path), source=str(path))
 
 
@@ -338,3 +340,18 @@ def estimate_judge_calls(spec: SweepSpec, configs: list[RunConfig]) -> tuple[int
             n_evals += 1 + (len(ckpts) if which == "all" else len(set(which) & set(ckpts)))
     answers = per_eval * n_evals
     return answers, estimate_calls(answers)
+
+
+PRESETS = Path(__file__).parent / "presets"
+
+
+def preset_path(name_or_path: str) -> Path:
+    """A sweep YAML path, or the name of a preset shipped with the package (e.g. toy-optimisers)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = PRESETS / f"{name_or_path.removesuffix('.yaml')}.yaml"
+    if preset.is_file():
+        return preset
+    names = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+    raise ConfigError(f"{name_or_path}: no such sweep file or preset (presets: {names})")

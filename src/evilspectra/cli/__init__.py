@@ -29,6 +29,9 @@ def _register() -> None:
     from evilspectra.cli import train_cmd  # noqa: F401
     from evilspectra.cli import spectra_cmd  # noqa: F401
     from evilspectra.cli import toy_cmd  # noqa: F401
+    from evilspectra.cli import eval_cmd  # noqa: F401
+    from evilspectra.cli import sweep_cmd  # noqa: F401
+    from evilspectra.cli import demo_cmd  # noqa: F401
 
 
 def _quiet_libraries() -> None:

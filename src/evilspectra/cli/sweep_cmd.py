@@ -17,7 +17,7 @@ console = Console()
 
 @app.command()
 def sweep(
-    sweep_file: Path = typer.Argument(..., help="Sweep YAML (see configs/toy-optimisers.yaml)."),
+    sweep_file: Path = typer.Argument(..., help="Sweep YAML, or a preset name (toy-optimisers)."),
     out: Path = typer.Option(..., "--out", "-o", help="Sweep directory (runs/, results.csv)."),
     executor: str = typer.Option("local", help="local | ray"),
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start Ray locally)."),

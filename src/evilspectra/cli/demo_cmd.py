@@ -1,0 +1,52 @@
+"""`evilspectra demo`: the toy optimiser sweep -> analysis -> report, in minutes on a CPU."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from evilspectra.cli import app
+from evilspectra.cli.sweep_cmd import sweep as sweep_command
+
+console = Console()
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo"), "--out", "-o", help="Sweep directory to write (resumable)."),
+    preset: str = typer.Option("toy-optimisers", help="Preset sweep (see `evilspectra presets`) or a sweep YAML."),
+    max_parallel: int = typer.Option(1, min=1, help="Runs at a time (each uses the preset's num_cpus threads)."),
+) -> None:
+    """Run the embedded toy study: five optimisers (+ the spectral regulariser), analysis and report."""
+    from evilspectra.analysis import analyze
+    from evilspectra.report import write_report
+    from evilspectra.sweep import preset_path
+
+    t0 = time.perf_counter()
+    sweep_command(preset_path(preset), out, executor="local", ray_address=None, max_parallel=max_parallel, dry_run=False)
+    result = analyze(out)
+    report = write_report(out)
+    _print_headline(result)
+    console.print(f"demo finished in {time.perf_counter() - t0:.0f} s; report: [bold]{report.resolve()}[/]")
+
+
+def _print_headline(result: dict) -> None:
+    table = Table("optimizer", "misaligned (95% CI)", "n coherent", "incoherent", "CODE", "mean aligned",
+                  title="Emergent misalignment by optimiser (toy world, final checkpoints)")
+    for row in result.get("per_optimizer", []):
+        lo, hi = row.get("ci_low"), row.get("ci_high")
+        table.add_row(row["optimizer"], f"{_pct(row.get('rate'))} ({_pct(lo)}-{_pct(hi)})", str(row.get("n_denominator")),
+                      _pct(row.get("share_incoherent")), _pct(row.get("share_CODE")), _num(row.get("mean_aligned")))
+    console.print(table)
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
