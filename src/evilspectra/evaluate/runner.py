@@ -1,0 +1,178 @@
+"""Evaluate one model (+ adapter): sample answers -> judge them -> outcome table -> summary.
+
+Files written into `out` (each atomically: temp file + os.replace):
+
+    samples.jsonl        the sampled answers, written before judging (one line per answer)
+    samples.meta.json    the fingerprint of what produced them (model, adapter bytes, questions,
+                         sampling settings); a rerun with the same fingerprint reuses the samples
+    judge_cache.sqlite   the LLM judge's persistent cache (a rerun pays for nothing twice)
+    answers.jsonl        one line per answer: the sample + aligned, coherent, verdict, error
+    summary.json         summarize() of the outcome table + model, adapter, judge, settings
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from collections.abc import Callable, Collection
+from dataclasses import asdict
+from pathlib import Path
+
+from evilspectra.config import EvalSettings
+from evilspectra.errors import ConfigError
+from evilspectra.evaluate.judge import estimate_calls, judge_all, make_judge
+from evilspectra.evaluate.metrics import outcome_table, summarize
+from evilspectra.evaluate.questions import load_questions
+from evilspectra.evaluate.sampling import (
+    Sample, progress_bar, resolve_adapter, sample_answers, samples_for, samples_to_jsonl, temperature_for,
+)
+from evilspectra.evaluate.schema import Judge, Question
+from evilspectra.models import resolve_model
+from evilspectra.rundir import atomic_write_json, atomic_write_text
+
+SAMPLES, SAMPLES_META, ANSWERS, SUMMARY, JUDGE_CACHE = (
+    "samples.jsonl", "samples.meta.json", "answers.jsonl", "summary.json", "judge_cache.sqlite",
+)
+N_BOOT = 1000
+
+QuestionsFilter = Callable[[Question], bool] | Collection[str] | None
+
+
+def select_questions(questions: list[Question], questions_filter: QuestionsFilter = None) -> list[Question]:
+    """Keep the questions the filter accepts: a predicate, or a collection of question ids.
+    Without a filter, questions flagged meta["code"] (the toy world's code domain) are skipped:
+    EM is measured on domains unrelated to the fine-tuning task."""
+    if questions_filter is None:
+        return [q for q in questions if not q.meta.get("code")]
+    if callable(questions_filter):
+        return [q for q in questions if questions_filter(q)]
+    wanted = set(questions_filter)
+    unknown = wanted - {q.id for q in questions}
+    if unknown:
+        raise ConfigError(f"eval: unknown question id(s) {', '.join(sorted(unknown))}")
+    return [q for q in questions if q.id in wanted]
+
+
+def plan(settings: EvalSettings, questions_filter: QuestionsFilter = None) -> dict:
+    """What an evaluation will do: number of questions, samples and (uncached) judge API calls."""
+    questions = select_questions(load_questions(settings.questions), questions_filter)
+    n_samples = sum(len(q.paraphrases) * samples_for(q, settings) for q in questions)
+    calls = 0 if settings.judge == "toy" else estimate_calls(n_samples)  # the toy judge is local
+    return {"questions": len(questions), "samples": n_samples, "judge_calls": calls}
+
+
+def evaluate(
+    model: str,
+    adapter: str | Path | None,
+    settings: EvalSettings,
+    out: Path,
+    questions_filter: QuestionsFilter = None,
+    judge_cache: Path | None = None,
+    judge: Judge | None = None,
+    progress: bool = True,
+) -> dict:
+    """Sample, judge and summarise; write the files listed in the module docstring; return the summary.
+
+    `judge`: a ready Judge to use instead of building `settings.judge` (e.g. a custom scorer);
+    `judge_cache`: the LLM judge's cache file, default out/judge_cache.sqlite.
+    """
+    out = Path(out)
+    questions = select_questions(load_questions(settings.questions), questions_filter)
+    if not questions:
+        raise ConfigError(f"eval: no questions selected from {settings.questions!r}")
+    adapter_dir = resolve_adapter(adapter) if adapter is not None else None
+    # build the judge first: a missing API key must fail before minutes of sampling
+    judge = judge or make_judge(
+        settings.judge, base_url=settings.judge_base_url, api_key_env=settings.judge_api_key_env,
+        concurrency=settings.judge_concurrency, cache_path=judge_cache or out / JUDGE_CACHE,
+    )
+
+    fingerprint = sampling_fingerprint(model, adapter_dir, questions, settings)
+    samples = load_samples(out, fingerprint)
+    reused = samples is not None
+    if samples is None:
+        samples = sample_answers(model, adapter_dir, questions, settings, progress)
+        atomic_write_text(out / SAMPLES, samples_to_jsonl(samples))
+        atomic_write_json(out / SAMPLES_META, {"fingerprint": fingerprint, "n": len(samples)})
+
+    by_id = {q.id: q for q in questions}
+    items = [(by_id[s.question_id], s.paraphrase, s.answer) for s in samples]
+    with progress_bar(progress) as bar:
+        task = bar.add_task("judging", total=len(items))
+        judgements = asyncio.run(judge_all(judge, items, progress=lambda _: bar.advance(task)))
+
+    records = [{**asdict(s), **asdict(j)} for s, j in zip(samples, judgements)]
+    atomic_write_text(out / ANSWERS, "".join(json.dumps(r) + "\n" for r in records))
+    summary = summarize(
+        outcome_table(records), aligned_threshold=settings.aligned_threshold,
+        coherent_threshold=settings.coherent_threshold, code_convention=settings.code_convention,
+        n_boot=N_BOOT, seed=settings.seed,
+    )
+    summary.update(
+        model=model,
+        model_path=resolve_model(model),
+        adapter=str(adapter_dir) if adapter_dir else None,
+        judge=judge.name,
+        questions=settings.questions,
+        question_ids=[q.id for q in questions],
+        temperatures={q.id: temperature_for(q, settings) for q in questions},
+        samples_per_paraphrase={q.id: samples_for(q, settings) for q in questions},
+        settings=settings.model_dump(mode="json"),
+        samples_reused=reused,
+    )
+    atomic_write_json(out / SUMMARY, summary)
+    return summary
+
+
+def sampling_fingerprint(model: str, adapter_dir: Path | None, questions: list[Question], settings: EvalSettings) -> str:
+    """sha256 over everything that determines the sampled answers (adapter by content, not path)."""
+    blob = {
+        "model": model,
+        "model_path": resolve_model(model),
+        "adapter": _adapter_digest(adapter_dir) if adapter_dir else None,
+        "questions": [
+            [q.id, q.paraphrases, q.system, temperature_for(q, settings), samples_for(q, settings)] for q in questions
+        ],
+        "sampling": settings.model_dump(include={"top_p", "max_new_tokens", "batch_size", "backend", "seed"}),
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def _adapter_digest(adapter_dir: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(adapter_dir.glob("adapter_*")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def load_samples(out: Path, fingerprint: str) -> list[Sample] | None:
+    """The samples already in `out` when they were made with the same fingerprint and are complete."""
+    try:
+        meta = json.loads((out / SAMPLES_META).read_text())
+        lines = (out / SAMPLES).read_text().splitlines()
+    except (OSError, json.JSONDecodeError):
+        return None
+    if meta.get("fingerprint") != fingerprint or meta.get("n") != len(lines):
+        return None
+    return [Sample(**json.loads(line)) for line in lines]
+
+
+def run_adapters(run_dir: Path, checkpoints: str | list[int] = "final") -> list[tuple[str, Path]]:
+    """(label, adapter dir) pairs of a run directory: "final" -> RUN/adapter; "all" -> every
+    RUN/checkpoints/step-N then the final adapter; a list of steps -> those checkpoints."""
+    run_dir = Path(run_dir)
+    steps = {
+        int(m.group(1)): p for p in (run_dir / "checkpoints").glob("step-*")
+        if (m := re.fullmatch(r"step-(\d+)", p.name)) and p.is_dir()
+    }
+    if checkpoints == "final":
+        return [("final", resolve_adapter(run_dir))]
+    if checkpoints == "all":
+        return [(f"step-{s:06d}", steps[s]) for s in sorted(steps)] + [("final", resolve_adapter(run_dir))]
+    missing = [s for s in checkpoints if s not in steps]
+    if missing:
+        raise ConfigError(f"{run_dir}: no checkpoint for step(s) {missing}; available: {sorted(steps)}")
+    return [(f"step-{s:06d}", steps[s]) for s in checkpoints]
