@@ -1,0 +1,75 @@
+"""`evilspectra spectra PATH...`: singular-value spectra of LoRA adapters or of every checkpoint of runs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from evilspectra.cli import app
+from evilspectra.errors import AdapterError
+from evilspectra.spectra import (
+    CONFIG, METRICS, SPECTRA_CSV, adapter_spectra, aggregate_spectra, plot_normalised_spectra,
+    run_spectra_frame, write_spectra_csv,
+)
+
+console = Console()
+
+
+def _fmt(x: float) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
+
+
+def _summary_table(summary: pd.DataFrame) -> Table:
+    table = Table(title="LoRA spectra: mean over modules (flat spectrum: F/N = 1/sqrt(r))")
+    for col in ("run", "checkpoint", "step", "modules", "stable rank", "entropy", "cond. number", "F/N"):
+        text = col in ("run", "checkpoint")
+        table.add_column(col, justify="left" if text else "right", no_wrap=text)
+    for row in summary.itertuples(index=False):
+        step = "-" if pd.isna(row.step) else str(int(row.step))
+        table.add_row(row.run, row.checkpoint, step, str(row.n_modules), *(_fmt(getattr(row, m)) for m in METRICS))
+    return table
+
+
+@app.command("spectra")
+def spectra(
+    paths: list[Path] = typer.Argument(..., help="PEFT adapter directories or run directories"),
+    method: str = typer.Option("qr", help="qr (exact) or cholesky (the paper's method)"),
+    out: Path | None = typer.Option(
+        None, help="where spectra.png (and spectra.csv of adapter directories) go; "
+        "default: the run directory when given one run, else the current directory",
+    ),
+) -> None:
+    """Spectra of B @ A for every LoRA module: spectra.csv per run, a summary table, spectra.png."""
+    frames: dict[str, pd.DataFrame] = {}
+    adapter_frames = []
+    for path in paths:
+        label = str(path)
+        if (path / CONFIG).is_file():
+            df = adapter_spectra(path, method)
+            df.insert(0, "step", pd.NA)
+            df.insert(0, "checkpoint", "final")
+            adapter_frames.append(df.assign(run=label))
+        elif path.is_dir():
+            df = run_spectra_frame(path, method)
+            csv = write_spectra_csv(df, path / SPECTRA_CSV)
+            console.print(f"wrote {csv}")
+        else:
+            raise AdapterError(f"{path}: neither a PEFT adapter directory nor a run directory")
+        frames[label] = df.assign(run=label) if "run" not in df.columns else df
+
+    if out is None:
+        only_run = len(paths) == 1 and not adapter_frames
+        out = paths[0] if only_run else Path.cwd()
+    if adapter_frames:
+        combined = pd.concat(adapter_frames, ignore_index=True)
+        cols = ["run"] + [c for c in combined.columns if c != "run"]
+        console.print(f"wrote {write_spectra_csv(combined[cols], out / SPECTRA_CSV)}")
+
+    summary = aggregate_spectra(pd.concat(frames.values(), ignore_index=True))
+    console.print(_summary_table(summary))
+    console.print(f"wrote {plot_normalised_spectra(frames, out / 'spectra.png')}")

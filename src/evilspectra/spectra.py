@@ -1,0 +1,427 @@
+"""Singular-value spectra of LoRA updates, their metrics, and the spectral regulariser (DESIGN.md 1).
+
+A LoRA module adds delta_W = scaling * B @ A with A = `lora_A.weight` (r x d_in) and
+B = `lora_B.weight` (d_out x r). Its r non-zero singular values are those of a small r x r matrix:
+with B = Q_B R_B and A^T = Q_A R_A (thin QR), B A = Q_B (R_B R_A^T) Q_A^T, and Q_B, Q_A have
+orthonormal columns, so sigma(B A) = sigma(R_B R_A^T). The d_out x d_in product is never formed.
+The paper's route (Cholesky of B^T B) is offered for reproduction; it squares the condition number
+of B and breaks down when B is rank-deficient.
+
+Everything takes stacked batches (k x r x d_in, k x d_out x r), so the modules of equal shape in
+an adapter (36 q_proj of Qwen3-8B, ...) are one batched call instead of a Python loop.
+
+Metrics of sigma_1 >= ... >= sigma_r (all scale-invariant): stable rank sum(s^2)/s_1^2, spectral
+entropy -sum(p ln p) with p = s/sum(s) (nats), condition number s_1/s_r, Frobenius/nuclear
+sqrt(sum s^2)/sum(s) in [1/sqrt(r), 1]. An all-zero spectrum (B = 0, a fresh adapter) has all four
+metrics NaN; a rank-deficient one has condition number inf.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from peft.utils.other import get_pattern_key
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from evilspectra.errors import AdapterError, ConfigError
+from evilspectra.rundir import atomic_write_text, read_manifest
+
+METHODS = ("qr", "cholesky")
+METRICS = ("stable_rank", "spectral_entropy", "condition_number", "frobenius_nuclear")
+ZERO_NORM = 1e-12  # ||B|| below this: an untrained module (PEFT initialises B = 0)
+CHOLESKY_JITTER = 1e-8  # the paper's G + 1e-8 I
+
+# --------------------------------------------------------------------------------------------
+# Singular values of B @ A
+
+
+def _triangular_factor(x: torch.Tensor) -> torch.Tensor:
+    """R of a thin QR of x (..., m, r): x = Q R with Q^T Q = I, so sigma(x Y) = sigma(R Y).
+
+    When m <= r the matrix is already small and serves as its own factor (Q = I).
+    """
+    if x.shape[-2] <= x.shape[-1]:
+        return x
+    # mode="r" skips forming Q but has no backward; the regulariser needs one
+    return torch.linalg.qr(x, mode="reduced" if x.requires_grad else "r").R
+
+
+def _qr_core(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """The small matrix R_B R_A^T (..., <=r, <=r) whose singular values are those of B A."""
+    return _triangular_factor(B) @ _triangular_factor(A.mT).mT
+
+
+def _cholesky_svdvals(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """The paper's route in float32: L = chol(B^T B + 1e-8 I), sigma = svdvals(L^T A).
+
+    B^T B = L L^T means B = Q L^T with Q orthonormal, so sigma(B A) = sigma(L^T A). Modules where
+    the factorisation breaks down (B^T B numerically indefinite: rank-deficient or badly
+    conditioned B) get NaN singular values rather than an exception.
+    """
+    A, B = A.float(), B.float()
+    eye = torch.eye(B.shape[-1], dtype=B.dtype, device=B.device)
+    L, info = torch.linalg.cholesky_ex(B.mT @ B + CHOLESKY_JITTER * eye)
+    sigma = torch.linalg.svdvals(L.mT @ A)
+    return torch.where((info > 0).unsqueeze(-1), torch.nan, sigma)
+
+
+def lora_singular_values(
+    A: torch.Tensor, B: torch.Tensor, scaling: float = 1.0, method: str = "qr"
+) -> torch.Tensor:
+    """The r singular values of `scaling * B @ A`, descending, without forming B @ A.
+
+    A: (r, d_in) or (k, r, d_in); B: (d_out, r) or (k, d_out, r), PEFT's lora_A / lora_B weights.
+    Returns (r,) or (k, r). `qr` (exact) works in float64; `cholesky` (the paper's) in float32 and
+    returns NaN for a module where the Cholesky factorisation fails. Modules with ||B|| < 1e-12
+    give zeros. Fewer than r singular values (d_in or d_out < r) are padded with zeros.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"spectra method: expected one of {METHODS}, got {method!r}")
+    if A.shape[-2] != B.shape[-1] or A.shape[:-2] != B.shape[:-2]:
+        raise ValueError(f"LoRA factor shapes do not match: A {tuple(A.shape)}, B {tuple(B.shape)}")
+    r = A.shape[-2]
+    with torch.no_grad():
+        if method == "qr":
+            sigma = torch.linalg.svdvals(_qr_core(A.double(), B.double()))
+        else:
+            sigma = _cholesky_svdvals(A, B)
+        sigma = torch.nn.functional.pad(sigma, (0, r - sigma.shape[-1]))
+        dead = torch.linalg.matrix_norm(B.to(sigma.dtype)) < ZERO_NORM
+        return torch.where(dead.unsqueeze(-1), 0.0, sigma * abs(scaling))
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+
+
+def _batched_metrics(sigma: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The four metrics of each row of sigma (k, r), descending; NaN for an all-zero row."""
+    sigma = sigma.double()
+    total = sigma.sum(-1)
+    zero = total <= 0
+    safe = torch.where(zero.unsqueeze(-1), 1.0, sigma)  # keeps 0/0 out of the arithmetic
+    s1, sr = safe[..., 0], safe[..., -1]
+    sq = (safe**2).sum(-1)
+    p = safe / safe.sum(-1, keepdim=True)
+    entropy = -torch.special.xlogy(p, p).sum(-1)  # xlogy: 0 ln 0 = 0
+    out = {
+        "stable_rank": sq / s1**2,
+        "spectral_entropy": entropy,
+        "condition_number": s1 / sr,  # inf when sigma_r = 0 (rank-deficient)
+        "frobenius_nuclear": sq.sqrt() / safe.sum(-1),
+    }
+    return {k: torch.where(zero, torch.nan, v) for k, v in out.items()}
+
+
+def spectral_metrics(sigma: Sequence[float] | np.ndarray | torch.Tensor) -> dict[str, float]:
+    """stable_rank, spectral_entropy (nats), condition_number, frobenius_nuclear of one spectrum.
+
+    sigma: the r singular values (any order; sorted here). All four are NaN for an all-zero
+    spectrum (an untrained module); condition_number is inf when the smallest value is 0.
+    """
+    s = torch.as_tensor(np.asarray(sigma, dtype=np.float64)).flatten().sort(descending=True).values
+    return {k: float(v[0]) for k, v in _batched_metrics(s.unsqueeze(0)).items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a PEFT adapter directory (no base model needed)
+
+WEIGHTS = "adapter_model.safetensors"
+CONFIG = "adapter_config.json"
+_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
+_LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
+
+
+def _read_config(adapter_dir: Path) -> dict:
+    path = adapter_dir / CONFIG
+    if not path.is_file():
+        raise AdapterError(f"{adapter_dir}: not a PEFT adapter directory (no {CONFIG})")
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AdapterError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(cfg, dict) or "r" not in cfg:
+        raise AdapterError(f"{path}: expected a LoRA config with a rank `r`")
+    return cfg
+
+
+def _read_factors(adapter_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """{module name: {"A": lora_A weight, "B": lora_B weight}} from the adapter's safetensors."""
+    path = adapter_dir / WEIGHTS
+    if not path.is_file():
+        raise AdapterError(f"{path}: missing (only safetensors adapters are read)")
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise AdapterError(f"{path}: corrupt or truncated safetensors file: {exc}") from exc
+    factors: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        m = _KEY.match(key)
+        if m:  # other tensors (DoRA magnitudes, modules_to_save) are not part of B @ A
+            factors.setdefault(m["module"], {})[m["ab"]] = tensor
+    if not factors:
+        raise AdapterError(f"{path}: no lora_A / lora_B weights in the file")
+    for module, ab in factors.items():
+        if set(ab) != {"A", "B"}:
+            raise AdapterError(f"{path}: module {module} has lora_{''.join(ab)} but not both factors")
+    return factors
+
+
+def _module_scaling(cfg: dict, module: str) -> tuple[int, float]:
+    """(r, scaling) of one module as PEFT computes them: rank/alpha patterns, then alpha/r or rsLoRA."""
+    rank_pattern, alpha_pattern = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
+    r = rank_pattern.get(get_pattern_key(rank_pattern.keys(), module), cfg["r"])
+    alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), module), cfg.get("lora_alpha", 8))
+    return r, alpha / (math.sqrt(r) if cfg.get("use_rslora") else r)
+
+
+def _module_layer(module: str) -> int | None:
+    m = _LAYER.search(f".{module}.")
+    return int(m.group(1)) if m else None
+
+
+def adapter_spectra(adapter_dir: str | Path, method: str = "qr") -> pd.DataFrame:
+    """One row per LoRA module of a PEFT adapter directory: the spectrum of scaling * B @ A.
+
+    Columns: module, layer (int or None), kind (last name part, e.g. q_proj), r, scaling,
+    sigma (list of r floats, descending), stable_rank, spectral_entropy, condition_number,
+    frobenius_nuclear. Raises AdapterError naming the file when it is missing, corrupt, or does
+    not match its adapter_config.json.
+    """
+    adapter_dir = Path(adapter_dir)
+    cfg = _read_config(adapter_dir)
+    factors = _read_factors(adapter_dir)
+    rows = {}
+    for module, ab in factors.items():
+        r, scaling = _module_scaling(cfg, module)
+        A, B = ab["A"], ab["B"]
+        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != r or B.shape[1] != r:
+            raise AdapterError(
+                f"{adapter_dir / WEIGHTS}: module {module} has lora_A {tuple(A.shape)} and lora_B "
+                f"{tuple(B.shape)}, but {adapter_dir / CONFIG} gives rank {r}"
+            )
+        rows[module] = {"module": module, "layer": _module_layer(module), "kind": module.rsplit(".", 1)[-1],
+                        "r": r, "scaling": scaling}
+
+    # One batched call per group of modules with equal factor shapes.
+    groups: dict[tuple, list[str]] = {}
+    for module, ab in factors.items():
+        groups.setdefault((tuple(ab["A"].shape), tuple(ab["B"].shape)), []).append(module)
+    for modules in groups.values():
+        A = torch.stack([factors[m]["A"] for m in modules])
+        B = torch.stack([factors[m]["B"] for m in modules])
+        sigma = lora_singular_values(A, B, method=method)
+        sigma = sigma * torch.tensor([rows[m]["scaling"] for m in modules], dtype=sigma.dtype).unsqueeze(-1)
+        metrics = _batched_metrics(sigma)
+        for i, m in enumerate(modules):
+            rows[m]["sigma"] = sigma[i].tolist()
+            rows[m].update({k: float(v[i]) for k, v in metrics.items()})
+
+    order = sorted(rows, key=lambda m: (rows[m]["layer"] if rows[m]["layer"] is not None else -1, m))
+    return pd.DataFrame([rows[m] for m in order])
+
+
+# --------------------------------------------------------------------------------------------
+# Runs: every checkpoint plus the final adapter into RUN/spectra.csv
+
+SPECTRA_CSV = "spectra.csv"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def run_adapters(run_dir: str | Path) -> list[tuple[str, int | None, Path]]:
+    """(checkpoint label, step, adapter dir) of a run: RUN/checkpoints/step-N/ by step, then `final`.
+
+    The final adapter's step is the manifest's `steps_done`, else the largest checkpoint step.
+    """
+    run_dir = Path(run_dir)
+    found = []
+    ckpt_root = run_dir / "checkpoints"
+    if ckpt_root.is_dir():
+        for d in ckpt_root.iterdir():
+            m = _STEP_DIR.match(d.name)
+            if m and d.is_dir():
+                found.append((d.name, int(m.group(1)), d))
+    found.sort(key=lambda t: t[1])
+    if (run_dir / "adapter").is_dir():
+        step = (read_manifest(run_dir) or {}).get("steps_done")
+        if step is None and found:
+            step = found[-1][1]
+        found.append(("final", step, run_dir / "adapter"))
+    return found
+
+
+def run_spectra_frame(run_dir: str | Path, method: str = "qr") -> pd.DataFrame:
+    """adapter_spectra of every checkpoint of a run, with leading columns checkpoint and step."""
+    adapters = run_adapters(run_dir)
+    if not adapters:
+        raise AdapterError(f"{run_dir}: no adapter/ and no checkpoints/step-NNNNNN/ found")
+    frames = []
+    for label, step, path in adapters:
+        df = adapter_spectra(path, method)
+        df.insert(0, "step", step)
+        df.insert(0, "checkpoint", label)
+        frames.append(df)
+    out = pd.concat(frames, ignore_index=True)
+    out["step"] = out["step"].astype("Int64")
+    return out
+
+
+def write_spectra_csv(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write a spectra frame atomically, the sigma lists as JSON strings."""
+    path = Path(path)
+    df = df.assign(sigma=df["sigma"].map(json.dumps))
+    atomic_write_text(path, df.to_csv(index=False))
+    return path
+
+
+def read_spectra_csv(path: str | Path) -> pd.DataFrame:
+    """Read a spectra.csv back, sigma parsed into lists of floats."""
+    df = pd.read_csv(path)
+    df["sigma"] = df["sigma"].map(json.loads)
+    return df
+
+
+def run_spectra(run_dir: str | Path, method: str = "qr") -> Path:
+    """Compute the spectra of every checkpoint and the final adapter; write RUN/spectra.csv."""
+    return write_spectra_csv(run_spectra_frame(run_dir, method), Path(run_dir) / SPECTRA_CSV)
+
+
+def aggregate_spectra(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per checkpoint (and run, when a `run` column exists): the mean of each metric over
+    modules (untrained modules, whose metrics are NaN, are left out of the mean), and n_modules."""
+    keys = [c for c in ("run", "checkpoint", "step") if c in df.columns]
+    grouped = df.groupby(keys, sort=False, dropna=False)
+    out = grouped[list(METRICS)].mean()
+    out.insert(0, "n_modules", grouped.size())
+    return out.reset_index()
+
+
+# --------------------------------------------------------------------------------------------
+# Plot
+
+
+def mean_normalised_spectrum(df: pd.DataFrame) -> np.ndarray:
+    """Mean over modules of sigma_i / sigma_1 (i = 1..max r) of the last checkpoint in `df`;
+    all-zero modules are skipped, shorter spectra (rank_pattern) count only where they exist."""
+    if "checkpoint" in df.columns:  # run frames list checkpoints in step order, `final` last
+        df = df[df["checkpoint"] == df["checkpoint"].iloc[-1]]
+    width = max(len(s) for s in df["sigma"])
+    rows = np.full((len(df), width), np.nan)
+    for i, s in enumerate(df["sigma"]):
+        s = np.asarray(s, dtype=np.float64)
+        if s.size and s[0] > 0:
+            rows[i, : s.size] = s / s[0]
+    return np.nanmean(rows, axis=0) if np.isfinite(rows).any() else np.full(width, np.nan)
+
+
+def plot_normalised_spectra(frames: dict[str, pd.DataFrame], out_png: str | Path) -> Path:
+    """One line per run: mean over modules of sigma_i / sigma_1 against i (final checkpoint)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, df in frames.items():
+        curve = mean_normalised_spectrum(df)
+        ax.plot(np.arange(1, curve.size + 1), curve, marker=".", label=label)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("index i")
+    ax.set_ylabel("mean over modules of sigma_i / sigma_1")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Normalised LoRA spectra (flat = 1)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png
+
+
+# --------------------------------------------------------------------------------------------
+# The regulariser
+
+
+def lora_factor_pairs(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter, torch.nn.Parameter]]:
+    """(module name, lora_A weight, lora_B weight) for every active linear LoRA adapter of a PEFT model."""
+    from peft.tuners.lora import LoraLayer
+
+    pairs = []
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        for adapter in module.active_adapters:
+            if adapter in module.lora_A and adapter in module.lora_B:
+                pairs.append((name, module.lora_A[adapter].weight, module.lora_B[adapter].weight))
+    return pairs
+
+
+def spectral_penalty(A: torch.Tensor, B: torch.Tensor, method: str = "qr") -> torch.Tensor:
+    """Per-module ||sigma||_2 / ||sigma||_1 - 1/sqrt(r) of B @ A, differentiable; (k,) for stacked
+    A (k, r, d_in), B (k, d_out, r). 0 (with zero gradient) where A or B is zero.
+
+    Dead modules are swapped for a well-conditioned stand-in (B A = flat) before the linear algebra
+    and masked out afterwards: QR and SVD backward at a zero matrix give NaN, and a where() after
+    the fact would not stop NaN * 0 = NaN from reaching the factors. No host sync is needed.
+    """
+    r = A.shape[-2]
+    dead = (torch.linalg.matrix_norm(B) < ZERO_NORM) | (torch.linalg.matrix_norm(A) < ZERO_NORM)
+    dead3 = dead.unsqueeze(-1).unsqueeze(-1)
+    A = torch.where(dead3, torch.eye(r, A.shape[-1], dtype=A.dtype, device=A.device), A)
+    B = torch.where(dead3, torch.eye(B.shape[-2], r, dtype=B.dtype, device=B.device), B)
+    if method == "qr":
+        sigma = torch.linalg.svdvals(_qr_core(A, B))
+    else:  # the paper's route; raises if B^T B is numerically indefinite
+        eye = torch.eye(r, dtype=B.dtype, device=B.device)
+        sigma = torch.linalg.svdvals(torch.linalg.cholesky(B.mT @ B + CHOLESKY_JITTER * eye).mT @ A)
+    ratio = sigma.norm(dim=-1) / sigma.sum(-1) - 1 / math.sqrt(r)
+    return torch.where(dead, 0.0, ratio)
+
+
+class SpectralRegulariser:
+    """R = aggregate over LoRA modules of ||sigma||_2 / ||sigma||_1 - 1/sqrt(r), sigma = sigma(B A).
+
+    R >= 0 and is 0 for a flat spectrum; it is scale-invariant, so the LoRA scaling is irrelevant.
+    Calling the object returns a scalar tensor differentiable w.r.t. the LoRA factors.
+
+    The factor pairs are grouped by shape once; each call stacks a group and does one batched
+    QR + svdvals (float32, or float64 for float64 factors), so the number of kernels does not grow
+    with the number of modules. A module with B = 0 (PEFT's initialisation) contributes 0 and no
+    gradient (see spectral_penalty), so step 0 is finite. `aggregation` is `mean` (over all
+    modules, untrained ones counted as 0) or `sum`. Build it after the model is on its device: it keeps references to the factor parameters.
+    """
+
+    def __init__(self, model: torch.nn.Module, method: str = "qr", aggregation: str = "mean"):
+        if method not in METHODS:
+            raise ConfigError(f"spectral_reg.method: expected one of {METHODS}, got {method!r}")
+        if aggregation not in ("mean", "sum"):
+            raise ConfigError(f"spectral_reg.aggregation: expected mean or sum, got {aggregation!r}")
+        pairs = lora_factor_pairs(model)
+        if not pairs:
+            raise ConfigError("spectral_reg: the model has no LoRA modules to regularise")
+        self.method, self.aggregation, self.n_modules = method, aggregation, len(pairs)
+        groups: dict[tuple, tuple[list, list]] = {}
+        for _, A, B in pairs:
+            key = (tuple(A.shape), tuple(B.shape), A.dtype, A.device)
+            groups.setdefault(key, ([], []))
+            groups[key][0].append(A)
+            groups[key][1].append(B)
+        self.groups = list(groups.values())
+
+    def __call__(self) -> torch.Tensor:
+        total = sum(self._group_sum(As, Bs) for As, Bs in self.groups)
+        return total / self.n_modules if self.aggregation == "mean" else total
+
+    def _group_sum(self, As: list[torch.Tensor], Bs: list[torch.Tensor]) -> torch.Tensor:
+        dtype = torch.promote_types(As[0].dtype, torch.float32)
+        return spectral_penalty(torch.stack(As).to(dtype), torch.stack(Bs).to(dtype), self.method).sum()
