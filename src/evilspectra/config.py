@@ -66,6 +66,9 @@ class SpectralRegSettings(_Strict):
     every: int = Field(1, ge=1, description="apply the regulariser every N optimiser steps")
 
 
+DEFAULT_SAMPLES = 10  # samples per paraphrase when neither the settings nor the question file say
+
+
 class EvalSettings(_Strict):
     """How answers are sampled and judged (used by `eval`, `sweep` and `audit`)."""
 
@@ -74,7 +77,9 @@ class EvalSettings(_Strict):
     judge_base_url: str | None = None
     judge_api_key_env: str = "OPENAI_API_KEY"
     judge_concurrency: int = Field(8, ge=1)
-    samples: int = Field(10, ge=1, description="samples per paraphrase")
+    samples: int | None = Field(
+        None, ge=1, description="samples per paraphrase; None: the question file's, else DEFAULT_SAMPLES"
+    )
     temperature: float | None = Field(None, ge=0, description="None: the question file's, else 1")
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(256, ge=1)

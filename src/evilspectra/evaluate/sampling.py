@@ -18,7 +18,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-from evilspectra.config import EvalSettings
+from evilspectra.config import DEFAULT_SAMPLES, EvalSettings
 from evilspectra.errors import AdapterError, ConfigError
 from evilspectra.evaluate.schema import Question
 from evilspectra.models import load_adapter, load_base_model, load_tokenizer, pick_device, pick_dtype, resolve_model
@@ -63,11 +63,11 @@ def temperature_for(question: Question, settings: EvalSettings) -> float:
 
 
 def samples_for(question: Question, settings: EvalSettings) -> int:
-    """Samples per paraphrase: settings.samples when given explicitly, else the file's
-    `samples_per_paraphrase`, else settings.samples' default."""
-    if "samples" in settings.model_fields_set or question.samples_per_paraphrase is None:
+    """Samples per paraphrase: settings.samples when set, else the file's `samples_per_paraphrase`,
+    else DEFAULT_SAMPLES."""
+    if settings.samples is not None:
         return settings.samples
-    return question.samples_per_paraphrase
+    return question.samples_per_paraphrase or DEFAULT_SAMPLES
 
 
 def chat_messages(question: Question, paraphrase: str) -> list[dict]:
