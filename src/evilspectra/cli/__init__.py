@@ -33,6 +33,7 @@ def _register() -> None:
     from evilspectra.cli import sweep_cmd  # noqa: F401
     from evilspectra.cli import demo_cmd  # noqa: F401
     from evilspectra.cli import audit_cmd  # noqa: F401
+    from evilspectra.cli import analysis_cmd  # noqa: F401
 
 
 def _quiet_libraries() -> None:

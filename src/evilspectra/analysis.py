@@ -1,0 +1,389 @@
+"""Statistics of a sweep: the numbers behind the study's claims, from SWEEP/results.csv.
+
+`analyze(sweep_dir)` reads the results table (one row per run x evaluated checkpoint, written by
+`evilspectra.sweep`) and returns, and writes to SWEEP/analysis.json:
+
+- per_optimizer: misalignment rate pooled over each optimiser's final checkpoints
+  (sum n_misaligned / sum n_denominator) with a 95% Wilson interval on those pooled answers and,
+  beside it, a percentile bootstrap over runs (answers of one run are not independent, so the
+  run-level interval is the honest one when there are several runs); incoherent / CODE / refusal
+  shares and mean alignment over the same answers. Runs with the spectral regulariser on are left
+  out (they are `per_optimizer_regularised`) and the `spread` is max rate / min rate.
+- regression: OLS mean_aligned ~ log_loss (R^2), then mean_aligned ~ log_loss * C(optimizer)
+  (optimiser-specific intercepts and slopes, adjusted R^2), over unregularised final checkpoints.
+- trajectories: per optimiser and checkpoint step, mean training loss and pooled alignment; and
+  `overtake`: both models fitted on windows of training progress (step / the run's final step),
+  with the first window where the stratified model's adjusted R^2 beats the loss-only one by
+  more than `margin`.
+- spectral_correlations: Pearson and Spearman of each spectral metric with mean_aligned and
+  misalignment_rate over all final checkpoints (regularised runs included: they move the spectrum).
+- regulariser: paired differences (weight > 0 minus weight 0, same config otherwise).
+
+Every fit or statistic that the data cannot support is None with a `reason`, never an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from evilspectra.errors import DataError
+from evilspectra.rundir import atomic_write_json
+
+ANALYSIS = "analysis.json"
+SPECTRAL_METRICS = ("stable_rank", "spectral_entropy", "condition_number", "frobenius_nuclear")
+OUTCOME_SHARES = ("coherent", "incoherent", "CODE", "REFUSAL", "error")
+# results.csv columns that are outcomes, not configuration; every other column (opt_* included) is config
+OUTCOME_COLUMNS = {"run_id", "spectral_reg", "status", "final_loss", "checkpoint", "step", "loss", "loss_smoothed",
+                   "log_loss", "misalignment_rate", "rate_ci_low", "rate_ci_high", "mean_aligned", "n_answers",
+                   "n_denominator", "n_misaligned", *SPECTRAL_METRICS, *(f"share_{s}" for s in OUTCOME_SHARES)}
+LOSS_FORMULA = "mean_aligned ~ log_loss"
+STRATIFIED_FORMULA = "mean_aligned ~ log_loss * C(optimizer)"
+
+
+def analyze(sweep_dir: str | Path, windows: int = 2, margin: float = 0.05, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Analyse SWEEP/results.csv; write SWEEP/analysis.json atomically and return the same dict.
+
+    windows: number of equal-width bins of training progress (step / final step) for `overtake`;
+    margin: adjusted-R^2 gain of the stratified model that counts as the optimiser overtaking loss;
+    n_boot, seed: the bootstrap over runs of the per-optimiser interval.
+    """
+    sweep_dir = Path(sweep_dir)
+    df = load_results(sweep_dir)
+    final = df[(df["status"] == "done") & (df["checkpoint"] == "final")]
+    plain = final[final["spectral_reg"].fillna(0) == 0]
+    regularised = final[final["spectral_reg"].fillna(0) > 0]
+    per_opt = [pooled_rates(g, optimizer=name, n_boot=n_boot, seed=seed) for name, g in plain.groupby("optimizer")]
+    result = {
+        "sweep_dir": str(sweep_dir),
+        "runs": {str(k): int(v) for k, v in df.drop_duplicates("run_id")["status"].value_counts().items()},
+        "ci_method": "Wilson 95% on answers pooled over the optimiser's runs (ci_low/ci_high); "
+                     f"percentile bootstrap 95% over runs, {n_boot} resamples, seed {seed} (ci_runs_low/ci_runs_high)",
+        "per_optimizer": per_opt,
+        "spread": spread(per_opt),
+        "per_optimizer_regularised": [
+            pooled_rates(g, optimizer=name[0], spectral_reg=name[1], n_boot=n_boot, seed=seed)
+            for name, g in regularised.groupby(["optimizer", "spectral_reg"])],
+        "regression": regressions(plain),
+        "trajectories": trajectories(df),
+        "overtake": overtake(df, windows=windows, margin=margin),
+        "spectral_correlations": spectral_correlations(final),
+        "regulariser": regulariser_effect(df),
+        "base_model": base_models(sweep_dir),
+    }
+    result = _jsonable(result)
+    atomic_write_json(sweep_dir / ANALYSIS, result)
+    return result
+
+
+def load_analysis(sweep_dir: str | Path) -> dict:
+    """SWEEP/analysis.json, (re)computed first when absent or older than results.csv."""
+    path, results = Path(sweep_dir) / ANALYSIS, Path(sweep_dir) / "results.csv"
+    if not path.is_file() or (results.is_file() and results.stat().st_mtime > path.stat().st_mtime):
+        return analyze(sweep_dir)
+    return json.loads(path.read_text())
+
+
+def load_results(sweep_dir: Path) -> pd.DataFrame:
+    """SWEEP/results.csv with every column the analysis reads present (missing ones all-NaN)."""
+    path = sweep_dir / "results.csv"
+    if not path.is_file():
+        raise DataError(f"{path}: no results table; run `evilspectra sweep` into {sweep_dir} first")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV results table ({exc})") from exc
+    missing = {"run_id", "optimizer", "status"} - set(df.columns)
+    if missing:
+        raise DataError(f"{path}: missing column(s) {sorted(missing)}; expected the table written by evilspectra.sweep")
+    numeric = ["spectral_reg", "final_loss", "step", "loss", "loss_smoothed", "log_loss", "misalignment_rate",
+               "mean_aligned", "n_answers", "n_denominator", "n_misaligned", *SPECTRAL_METRICS,
+               *(f"share_{s}" for s in OUTCOME_SHARES)]
+    for col in [*numeric, "checkpoint"]:
+        if col not in df.columns:
+            df[col] = np.nan
+    df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce")
+    df["optimizer"] = df["optimizer"].astype(str)
+    return df
+
+
+# ----------------------------------------------------------------------------- per optimiser
+
+
+def pooled_rates(rows: pd.DataFrame, n_boot: int = 2000, seed: int = 0, **keys: Any) -> dict:
+    """Pool the answers of some final checkpoints (one per run): rate, CIs, shares and counts.
+
+    The shares are of all answers (n_answers), the rate and mean alignment of the denominator
+    (coherent scored answers, plus coherent CODE answers under the `zero` convention).
+    """
+    from statsmodels.stats.proportion import proportion_confint
+
+    rows = rows[rows["n_answers"].fillna(0) > 0]
+    n_den, n_mis = rows["n_denominator"].fillna(0), rows["n_misaligned"].fillna(0)
+    den, mis, total = int(n_den.sum()), int(n_mis.sum()), int(rows["n_answers"].sum())
+    out: dict[str, Any] = {**keys, "n_runs": len(rows), "n_answers": total, "n_denominator": den, "n_misaligned": mis,
+                           "rate": mis / den if den else None, "ci_low": None, "ci_high": None,
+                           "ci_runs_low": None, "ci_runs_high": None,
+                           "mean_aligned": float((rows["mean_aligned"].fillna(0) * n_den).sum() / den) if den else None,
+                           "mean_final_loss": _mean(rows["final_loss"])}
+    for name in OUTCOME_SHARES:  # the per-answer counts behind each share: share = n / n_answers exactly
+        n = int(np.round(rows[f"share_{name}"].fillna(0) * rows["n_answers"]).sum())
+        out[f"n_{name}"], out[f"share_{name}"] = n, n / total if total else None
+    if den:
+        out["ci_low"], out["ci_high"] = (float(x) for x in proportion_confint(mis, den, alpha=0.05, method="wilson"))
+        out["ci_runs_low"], out["ci_runs_high"] = _bootstrap_runs(n_mis.to_numpy(), n_den.to_numpy(), n_boot, seed)
+    return out
+
+
+def _bootstrap_runs(n_mis: np.ndarray, n_den: np.ndarray, n_boot: int, seed: int) -> tuple[float | None, float | None]:
+    """95% percentile interval of the pooled rate, resampling runs (not answers) with replacement."""
+    if len(n_mis) < 2:
+        return None, None
+    idx = np.random.default_rng(seed).integers(0, len(n_mis), size=(n_boot, len(n_mis)))
+    den = n_den[idx].sum(axis=1)
+    rates = n_mis[idx].sum(axis=1)[den > 0] / den[den > 0]
+    lo, hi = np.percentile(rates, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def spread(per_opt: list[dict]) -> dict:
+    """Highest over lowest pooled misalignment rate across optimisers."""
+    rated = [r for r in per_opt if r["rate"] is not None]
+    if len(rated) < 2:
+        return {"ratio": None, "reason": "fewer than two optimisers with a misalignment rate"}
+    hi, lo = max(rated, key=lambda r: r["rate"]), min(rated, key=lambda r: r["rate"])
+    out = {"max_optimizer": hi["optimizer"], "max_rate": hi["rate"], "min_optimizer": lo["optimizer"],
+           "min_rate": lo["rate"], "difference": hi["rate"] - lo["rate"], "ratio": None}
+    if lo["rate"] > 0:
+        out["ratio"] = hi["rate"] / lo["rate"]
+    else:
+        out["reason"] = f"{lo['optimizer']} has a rate of 0: the ratio is unbounded"
+    return out
+
+
+# ------------------------------------------------------------------------------ regressions
+
+
+def fit_ols(data: pd.DataFrame, formula: str) -> dict:
+    """OLS via statsmodels' formula API; None fields with a `reason` when the data cannot support it.
+
+    Returns formula, n, n_params, r2, adj_r2, params (name -> coefficient), pvalues, and for each
+    optimiser in the data (stratified formulas) its own line: intercept and slope in log_loss (read off the predictions
+    at log_loss 0 and 1, so they do not depend on how patsy names the interaction terms).
+    """
+    import statsmodels.formula.api as smf
+    from patsy import PatsyError
+
+    data = data.dropna(subset=["mean_aligned", "log_loss"])
+    out: dict[str, Any] = {"formula": formula, "n": len(data), "n_params": None, "r2": None, "adj_r2": None}
+    if len(data) == 0:
+        return out | {"reason": "no final checkpoint with both mean_aligned and log_loss"}
+    try:
+        model = smf.ols(formula, data=data)
+    except PatsyError as exc:
+        return out | {"reason": f"cannot build the design: {exc}"}
+    k = model.exog.shape[1]
+    out["n_params"] = k
+    if len(data) <= k:
+        return out | {"reason": f"{len(data)} points for {k} parameters: need more points than parameters"}
+    if np.linalg.matrix_rank(model.exog) < k:
+        return out | {"reason": "the design is rank-deficient (e.g. one loss value within an optimiser)"}
+    fit = model.fit()
+    if not np.isfinite(fit.rsquared):
+        return out | {"reason": "alignment has no variance: R^2 undefined"}
+    lines = {}
+    for name in sorted(data["optimizer"].unique()) if "optimizer" in formula else []:
+        at = fit.predict(pd.DataFrame({"log_loss": [0.0, 1.0], "optimizer": [name, name]}))
+        lines[name] = {"intercept": float(at.iloc[0]), "slope": float(at.iloc[1] - at.iloc[0]),
+                       "log_loss_min": float(data.loc[data["optimizer"] == name, "log_loss"].min()),
+                       "log_loss_max": float(data.loc[data["optimizer"] == name, "log_loss"].max())}
+    return out | {"r2": float(fit.rsquared), "adj_r2": float(fit.rsquared_adj),
+                  "params": {k: float(v) for k, v in fit.params.items()},
+                  "pvalues": {k: float(v) for k, v in fit.pvalues.items()}, "lines": lines}
+
+
+def regressions(final: pd.DataFrame) -> dict:
+    """Loss-only and optimiser-stratified fits of mean alignment on log final training loss."""
+    loss = fit_ols(final, LOSS_FORMULA)
+    strat = fit_ols(final, STRATIFIED_FORMULA) if final["optimizer"].nunique() > 1 else {
+        "formula": STRATIFIED_FORMULA, "n": len(final), "n_params": None, "r2": None, "adj_r2": None,
+        "reason": "one optimiser only: nothing to stratify by"}
+    gain = strat["adj_r2"] - loss["adj_r2"] if strat["adj_r2"] is not None and loss["adj_r2"] is not None else None
+    return {"loss_only": loss, "stratified": strat, "adj_r2_gain": gain}
+
+
+# ----------------------------------------------------------------------------- trajectories
+
+
+def _checkpoints(df: pd.DataFrame) -> pd.DataFrame:
+    """Evaluated checkpoints of unregularised finished runs, with progress = step / the run's final step."""
+    rows = df[(df["status"] == "done") & df["checkpoint"].notna() & (df["spectral_reg"].fillna(0) == 0)].copy()
+    rows = rows.dropna(subset=["step"])
+    total = rows["step"].where(rows["checkpoint"] == "final").groupby(rows["run_id"]).transform("max")
+    rows["progress"] = rows["step"] / total.fillna(rows.groupby("run_id")["step"].transform("max"))
+    return rows[rows["progress"].notna() & np.isfinite(rows["progress"])]
+
+
+def trajectories(df: pd.DataFrame) -> dict[str, list[dict]]:
+    """optimiser -> [{step, progress, loss, mean_aligned, misalignment_rate, n_runs}] by step.
+
+    loss is the mean over runs of the smoothed training loss at that step; alignment and rate are
+    pooled over the runs' answers at that checkpoint (weights: n_denominator).
+    """
+    out = {}
+    for name, g in _checkpoints(df).groupby("optimizer"):
+        points = []
+        for step, s in g.groupby("step"):
+            den = s["n_denominator"].fillna(0)
+            points.append({"step": int(step), "progress": float(s["progress"].mean()), "loss": _mean(s["loss_smoothed"]),
+                           "mean_aligned": float((s["mean_aligned"].fillna(0) * den).sum() / den.sum()) if den.sum() else None,
+                           "misalignment_rate": float(s["n_misaligned"].fillna(0).sum() / den.sum()) if den.sum() else None,
+                           "n_runs": int(s["run_id"].nunique())})
+        out[name] = points
+    return out
+
+
+def overtake(df: pd.DataFrame, windows: int = 2, margin: float = 0.05) -> dict:
+    """Both regressions within equal-width windows of training progress (0, 1/w], ..., ((w-1)/w, 1].
+
+    A window where the stratified model's adjusted R^2 exceeds the loss-only one by more than
+    `margin` is where the optimiser explains alignment beyond what the loss explains; `first_window`
+    is the first such window (None when none is).
+    """
+    rows = _checkpoints(df)
+    edges = np.linspace(0, 1, windows + 1)
+    result: dict[str, Any] = {"windows": [], "margin": margin, "first_window": None}
+    for i in range(windows):
+        lo, hi = edges[i], edges[i + 1]
+        inside = rows[(rows["progress"] > lo) & (rows["progress"] <= hi)] if i else rows[rows["progress"] <= hi]
+        reg = regressions(inside) if len(inside) else {"loss_only": {"adj_r2": None, "reason": "no checkpoints"},
+                                                       "stratified": {"adj_r2": None, "reason": "no checkpoints"},
+                                                       "adj_r2_gain": None}
+        window = {"index": i, "progress_low": float(lo), "progress_high": float(hi), "n": len(inside),
+                  "steps": sorted(int(s) for s in inside["step"].unique()),
+                  "adj_r2_loss": reg["loss_only"]["adj_r2"], "adj_r2_stratified": reg["stratified"]["adj_r2"],
+                  "gain": reg["adj_r2_gain"],
+                  "reason": reg["stratified"].get("reason") or reg["loss_only"].get("reason")}
+        result["windows"].append(window)
+        if result["first_window"] is None and window["gain"] is not None and window["gain"] > margin:
+            result["first_window"] = i
+    return result
+
+
+# ------------------------------------------------------------------------------ correlations
+
+
+def spectral_correlations(final: pd.DataFrame) -> list[dict]:
+    """Pearson and Spearman (with p-values and n) of each spectral metric with each outcome."""
+    from scipy import stats
+
+    out = []
+    for metric in SPECTRAL_METRICS:
+        for outcome in ("mean_aligned", "misalignment_rate"):
+            pair = final[[metric, outcome]].replace([np.inf, -np.inf], np.nan).dropna()
+            row: dict[str, Any] = {"metric": metric, "outcome": outcome, "n": len(pair),
+                                   "pearson_r": None, "pearson_p": None, "spearman_rho": None, "spearman_p": None}
+            if len(pair) < 3:
+                row["reason"] = f"{len(pair)} runs with both values: need at least 3"
+            elif pair[metric].nunique() < 2 or pair[outcome].nunique() < 2:
+                row["reason"] = "a constant variable: correlation undefined"
+            else:
+                pr, sr = stats.pearsonr(pair[metric], pair[outcome]), stats.spearmanr(pair[metric], pair[outcome])
+                row |= {"pearson_r": float(pr.statistic), "pearson_p": float(pr.pvalue),
+                        "spearman_rho": float(sr.statistic), "spearman_p": float(sr.pvalue)}
+            out.append(row)
+    return out
+
+
+# ------------------------------------------------------------------------------- regulariser
+
+
+DELTAS = {"mean_aligned": "delta_mean_aligned", "misalignment_rate": "delta_misalignment_rate",
+          "final_loss": "delta_final_loss", "frobenius_nuclear": "delta_frobenius_nuclear"}
+
+
+def regulariser_effect(df: pd.DataFrame) -> dict:
+    """Paired differences, regularised minus unregularised, of runs identical in every other config column.
+
+    Config columns: every results.csv column that is not an outcome, run_id or spectral_reg. Returns
+    the pairs, and means (with n) per optimiser and regulariser weight and overall.
+    """
+    final = df[(df["status"] == "done") & (df["checkpoint"] == "final")]
+    config = [c for c in df.columns if c not in OUTCOME_COLUMNS]
+    final = final.assign(_key=final[config].map(str).agg("|".join, axis=1) if len(final) else "")  # NaN-safe equality
+    base = final[final["spectral_reg"].fillna(0) == 0].drop_duplicates("_key").set_index("_key")
+    treated = final[final["spectral_reg"].fillna(0) > 0]
+    pairs = []
+    for _, row in treated.iterrows():
+        if row["_key"] not in base.index:
+            continue
+        ref = base.loc[row["_key"]]
+        pair = {"optimizer": row["optimizer"], "spectral_reg": float(row["spectral_reg"]),
+                "run_id": row["run_id"], "baseline_run_id": ref["run_id"]}
+        for col, name in DELTAS.items():
+            a, b = row[col], ref[col]
+            pair[f"{col}_off"], pair[f"{col}_on"] = _num(b), _num(a)
+            pair[name] = float(a - b) if pd.notna(a) and pd.notna(b) else None
+        pairs.append(pair)
+    table = pd.DataFrame(pairs)
+    summary = []
+    if len(table):
+        for (opt, weight), g in table.groupby(["optimizer", "spectral_reg"]):
+            summary.append({"optimizer": opt, "spectral_reg": float(weight), **_delta_means(g)})
+    return {"n_regularised_runs": len(treated), "n_pairs": len(pairs),
+            "unpaired": sorted(set(treated["run_id"]) - {p["run_id"] for p in pairs}),
+            "pairing_columns": config, "pairs": pairs, "by_optimizer": summary,
+            "overall": _delta_means(table) if len(table) else None}
+
+
+def _delta_means(pairs: pd.DataFrame) -> dict:
+    out = {}
+    for name in DELTAS.values():
+        values = pairs[name].dropna()
+        out[name], out[f"n_{name}"] = (float(values.mean()) if len(values) else None), len(values)
+    out["n"] = len(pairs)
+    return out
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def base_models(sweep_dir: Path) -> list[dict]:
+    """The base models' evaluation summaries (SWEEP/base/<model-slug>/eval/summary.json): the reference."""
+    out = []
+    for path in sorted(sweep_dir.glob("base/*/eval/summary.json")):
+        try:
+            s = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        out.append({"model": path.parent.parent.name, **{k: s.get(k) for k in (
+            "misalignment_rate", "rate_ci95", "mean_aligned", "n_total", "n_denominator", "n_misaligned",
+            *(f"share_{o}" for o in OUTCOME_SHARES))}})
+    return out
+
+
+def _mean(values: pd.Series) -> float | None:
+    values = values.dropna()
+    return float(values.mean()) if len(values) else None
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if pd.notna(x) else None
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON: numpy scalars to Python, NaN and inf to None (strict JSON has neither)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj

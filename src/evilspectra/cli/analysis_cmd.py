@@ -1,0 +1,100 @@
+"""`evilspectra analyze` and `evilspectra report`: statistics and the HTML report of a sweep directory."""
+
+from __future__ import annotations
+
+import webbrowser
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from evilspectra.cli import app
+
+console = Console()
+
+
+@app.command()
+def analyze(
+    sweep_dir: Path = typer.Argument(..., help="Sweep directory (holds results.csv)."),
+    windows: int = typer.Option(2, min=1, help="Windows of training progress for the optimiser-vs-loss comparison."),
+    margin: float = typer.Option(0.05, help="Adjusted-R^2 gain that counts as the optimiser overtaking loss."),
+) -> None:
+    """Per-optimiser misalignment with CIs, loss/optimiser regressions, spectra, regulariser; writes analysis.json."""
+    from evilspectra.analysis import ANALYSIS
+    from evilspectra.analysis import analyze as run_analysis
+
+    result = run_analysis(sweep_dir, windows=windows, margin=margin)
+    print_rates(result)
+    print_regressions(result)
+    print_regulariser(result)
+    console.print(f"analysis -> {sweep_dir / ANALYSIS}")
+
+
+@app.command()
+def report(
+    sweep_dir: Path = typer.Argument(..., help="Sweep directory (holds results.csv; analysis.json is made when absent)."),
+    open_: bool = typer.Option(False, "--open/--no-open", help="Open the report in a browser."),
+) -> None:
+    """Write SWEEP/report.html: self-contained (plots embedded), opens offline."""
+    from evilspectra.report import write_report
+
+    path = write_report(sweep_dir).resolve()
+    console.print(str(path), highlight=False, soft_wrap=True)
+    if open_:
+        webbrowser.open(path.as_uri())
+
+
+def print_rates(result: dict) -> None:
+    table = Table("optimizer", "runs", "misaligned", "95% CI (answers)", "95% CI (runs)", "denominator",
+                  "incoherent", "CODE", "mean aligned", title="Misalignment by optimiser (final checkpoints, regulariser off)")
+    for row in result["per_optimizer"]:
+        table.add_row(row["optimizer"], str(row["n_runs"]), _pct(row["rate"]), _ci(row["ci_low"], row["ci_high"]),
+                      _ci(row["ci_runs_low"], row["ci_runs_high"]), f"{row['n_misaligned']}/{row['n_denominator']}",
+                      _pct(row["share_incoherent"]), _pct(row["share_CODE"]), _num(row["mean_aligned"]))
+    console.print(table)
+    s = result["spread"]
+    if s.get("ratio") is not None:
+        console.print(f"spread: {s['max_optimizer']} {_pct(s['max_rate'])} / {s['min_optimizer']} {_pct(s['min_rate'])}"
+                      f" = {s['ratio']:.1f}x")
+    else:
+        console.print(f"spread: - ({s['reason']})")
+
+
+def print_regressions(result: dict) -> None:
+    table = Table("model", "n", "params", "R^2", "adj R^2", "note", title="Mean alignment on log final training loss (OLS)")
+    reg = result["regression"]
+    for fit in (reg["loss_only"], reg["stratified"]):
+        table.add_row(fit["formula"], str(fit["n"]), str(fit["n_params"] or "-"), _num(fit["r2"], 3),
+                      _num(fit["adj_r2"], 3), fit.get("reason", ""))
+    for w in result["overtake"]["windows"]:
+        table.add_row(f"progress {w['progress_low']:.2f}-{w['progress_high']:.2f}: loss only / stratified", str(w["n"]), "",
+                      "", f"{_num(w['adj_r2_loss'], 3)} / {_num(w['adj_r2_stratified'], 3)}", w.get("reason") or "")
+    console.print(table)
+    first = result["overtake"]["first_window"]
+    console.print("optimiser overtakes loss as predictor: " + (
+        f"window {first + 1} (adj R^2 gain > {result['overtake']['margin']})" if first is not None else "in no window"))
+
+
+def print_regulariser(result: dict) -> None:
+    reg = result["regulariser"]
+    table = Table("optimizer", "weight", "pairs", "delta mean aligned", "delta misaligned", "delta final loss",
+                  title="Spectral regulariser: paired differences (on - off, same config)")
+    for row in reg["by_optimizer"] + ([{"optimizer": "all", "spectral_reg": None, **reg["overall"]}] if reg["overall"] else []):
+        table.add_row(row["optimizer"], _num(row["spectral_reg"], 3), str(row["n"]), _num(row["delta_mean_aligned"], 2),
+                      _pct(row["delta_misalignment_rate"]), _num(row["delta_final_loss"], 4))
+    console.print(table)
+    if reg["unpaired"]:
+        console.print(f"{len(reg['unpaired'])} regularised run(s) without an unregularised twin: {', '.join(reg['unpaired'])}")
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _ci(lo: float | None, hi: float | None) -> str:
+    return "-" if lo is None or hi is None else f"{100 * lo:.1f}-{100 * hi:.1f}%"
+
+
+def _num(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
