@@ -102,23 +102,18 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
 
 
 def eval_targets(run_dir: Path, which: Literal["final", "all"] | list[int]) -> list[tuple[str, int, Path]]:
-    """(label, step, adapter dir) of each checkpoint to evaluate; `final` is RUN/adapter."""
-    manifest = read_manifest(run_dir) or {}
-    final = [("final", int(manifest.get("steps_done", 0)), run_dir / "adapter")]
-    ckpts = [(p.name, int(p.name.split("-")[1]), p) for p in sorted((run_dir / "checkpoints").glob("step-*"))]
-    if which == "final":
-        return final
-    if which == "all":
-        return ckpts + final
-    return [c for c in ckpts if c[1] in set(which)] + final
+    """(label, step, adapter dir) of each checkpoint to evaluate, always ending with the final adapter."""
+    from evilspectra.evaluate.runner import run_adapters
+
+    steps_done = int((read_manifest(run_dir) or {}).get("steps_done", 0))
+    chosen = run_adapters(run_dir, which) if which != "final" else []
+    targets = [(label, int(label.split("-")[1]), path) for label, path in chosen if label != "final"]
+    return targets + [("final", steps_done, run_dir / "adapter")]
 
 
 def _eval_done(out: Path, settings: EvalSettings) -> bool:
-    try:
-        summary = json.loads((out / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return summary.get("settings") == settings.model_dump(mode="json")
+    summary = _read_json(out / "summary.json")
+    return bool(summary) and summary.get("settings") == settings.model_dump(mode="json")
 
 
 def run_one(cfg_json: dict, run_dir: str, eval_json: dict, threads: int) -> dict:
@@ -151,7 +146,7 @@ def run_one(cfg_json: dict, run_dir: str, eval_json: dict, threads: int) -> dict
         for label, _step, adapter in eval_targets(run, settings.checkpoints):
             out = run / "eval" / label
             if not _eval_done(out, settings):
-                evaluate(cfg.model, adapter, settings, out)
+                evaluate(cfg.model, adapter, settings, out, progress=False)
         return {"run_id": cfg.run_id(), "status": "done"}
     except Exception as exc:  # recorded and reported; the sweep moves on
         atomic_write_json(run / "error.json", {"stage": stage, "error": f"{type(exc).__name__}: {exc}",
@@ -163,7 +158,7 @@ def eval_base(model: str, settings: EvalSettings, out: Path) -> None:
     from evilspectra.evaluate.runner import evaluate
 
     if not _eval_done(out, settings):
-        evaluate(model, None, settings, out)
+        evaluate(model, None, settings, out, progress=False)
 
 
 # ---------------------------------------------------------------------------------- executors
@@ -211,7 +206,10 @@ def collect_results(sweep_dir: Path, spec: SweepSpec) -> pd.DataFrame:
         manifest = read_manifest(run) or {}
         metrics = read_metrics(run)
         spectra = _spectra_by_label(run)
-        base = _config_columns(cfg) | {"status": manifest.get("status", "missing"), "final_loss": manifest.get("final_loss")}
+        error = _read_json(run / "error.json")
+        status = "failed" if error else manifest.get("status", "missing")
+        base = _config_columns(cfg) | {"status": status, "final_loss": manifest.get("final_loss"),
+                                       "error": error.get("error") if error else None}
         targets = eval_targets(run, spec.eval.checkpoints) if manifest.get("status") == "done" else []
         if not targets:
             rows.append(base)
@@ -236,10 +234,16 @@ def _loss_at(metrics: list[dict], step: int, window: int = 10) -> dict:
     return {"loss": last, "loss_smoothed": smooth, "log_loss": float(np.log(smooth)) if smooth > 0 else None}
 
 
-def _eval_columns(out: Path) -> dict:
+def _read_json(path: Path) -> dict | None:
     try:
-        s = json.loads((out / "summary.json").read_text())
+        return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _eval_columns(out: Path) -> dict:
+    s = _read_json(out / "summary.json")
+    if s is None:
         return {}
     ci = s.get("rate_ci95") or [None, None]
     cols = {"misalignment_rate": s.get("misalignment_rate"), "rate_ci_low": ci[0], "rate_ci_high": ci[1],
