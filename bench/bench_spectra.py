@@ -2,13 +2,13 @@
 
 (1) Spectra of all 252 modules of a Qwen3-8B-shaped rank-32 adapter (36 layers x q, k, v, o, gate,
     up, down; random non-zero factors), read from a PEFT-format directory: median of several runs,
-    qr vs cholesky, and the speed-up over a dense SVD of B @ A measured on one module of each kind
-    and extrapolated to all 252.
+    qr vs cholesky, and the speed-up over a dense SVD of B @ A measured on one module of each
+    distinct shape and extrapolated to all 252. Wall and CPU time (robust on a shared machine).
 (2) Step-time overhead of the spectral regulariser on the toy model: LoRA SFT steps (forward,
     backward, AdamW step) with and without it, alternated step by step in one process, medians.
 
 Prints one JSON line per figure and writes them to bench/results/spectra-cpu.jsonl.
-Run: python bench/bench_spectra.py [--repeats 5] [--dense-sample 7] [--steps 60]
+Run: python bench/bench_spectra.py [--repeats 5] [--steps 60] [--threads N] [--only adapter|regulariser]
 """
 
 from __future__ import annotations
@@ -51,13 +51,19 @@ def emit(rows: list, figure: str, **fields) -> None:
     print(json.dumps(row), flush=True)
 
 
-def timed(fn, repeats: int) -> list[float]:
+def timed(fn, repeats: int) -> list[tuple[float, float]]:
+    """(wall seconds, CPU seconds of this process) of each of `repeats` calls."""
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append((time.perf_counter() - wall, time.process_time() - cpu))
     return times
+
+
+def medians(times: list[tuple[float, float]]) -> dict:
+    return {"wall_s_median": round(statistics.median(t[0] for t in times), 3),
+            "cpu_s_median": round(statistics.median(t[1] for t in times), 3)}
 
 
 def write_qwen3_8b_adapter(out: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -80,34 +86,37 @@ def write_qwen3_8b_adapter(out: Path) -> dict[str, tuple[torch.Tensor, torch.Ten
     return modules
 
 
-def bench_adapter(rows: list, repeats: int, dense_sample: int) -> None:
+def bench_adapter(rows: list, repeats: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         modules = write_qwen3_8b_adapter(Path(tmp) / "adapter")
         adapter_spectra(Path(tmp) / "adapter")  # warm-up: MKL, page cache
-        medians = {}
+        ours = {}
         for method in ("qr", "cholesky"):
             times = timed(lambda: adapter_spectra(Path(tmp) / "adapter", method), repeats)
-            medians[method] = statistics.median(times)
-            emit(rows, f"adapter_spectra_252_modules_{method}", seconds_median=round(medians[method], 3),
-                 seconds_all=[round(t, 3) for t in times], target_seconds=2.0,
-                 note="end to end: read safetensors, batched singular values, metrics, DataFrame")
+            ours[method] = medians(times)
+            emit(rows, f"adapter_spectra_252_modules_{method}", **ours[method], repeats=repeats,
+                 target_seconds=2.0, note="end to end: read safetensors, singular values, metrics, DataFrame")
 
-    # Dense baseline: one module of each kind (layer 0), svdvals of the formed d_out x d_in float32 matrix.
+    # Dense baseline: svdvals of the formed d_out x d_in float32 matrix, one module of each distinct
+    # shape (q=o, k=v, gate=up, down), extrapolated to all 252 modules by shape counts.
     dense, worst_err = {}, 0.0
-    for kind in list(QWEN3_8B)[:dense_sample]:
-        A, B = modules[f"model.layers.0.{kind}"]
-        start = time.perf_counter()
-        ref = torch.linalg.svdvals(B @ A)[:RANK]
-        dense[kind] = time.perf_counter() - start
-        ours = lora_singular_values(A, B)
-        worst_err = max(worst_err, float((ours - ref.double()).norm() / ref.double().norm()))
-    sample_total = sum(dense.values())
-    extrapolated = sample_total * LAYERS * len(QWEN3_8B) / len(dense)
-    emit(rows, "dense_svd_sample", modules=len(dense), seconds_total=round(sample_total, 2),
-         seconds_per_kind={k: round(v, 2) for k, v in dense.items()},
-         extrapolated_seconds_252=round(extrapolated, 1),
+    shapes: dict[tuple, list[str]] = {}
+    for kind, shape in QWEN3_8B.items():
+        shapes.setdefault(shape, []).append(kind)
+    for kinds in shapes.values():
+        A, B = modules[f"model.layers.0.{kinds[0]}"]
+        wall, cpu = time.perf_counter(), time.process_time()
+        ref = torch.linalg.svdvals(B @ A)[:RANK].double()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        dense[kinds[0]] = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "modules_of_this_shape": LAYERS * len(kinds)}
+        worst_err = max(worst_err, float((lora_singular_values(A, B) - ref).norm() / ref.norm()))
+    extrapolated = {c: sum(d[f"{c}_s"] * d["modules_of_this_shape"] for d in dense.values()) for c in ("wall", "cpu")}
+    emit(rows, "dense_svd_per_shape", per_shape=dense,
+         extrapolated_252_wall_s=round(extrapolated["wall"], 1), extrapolated_252_cpu_s=round(extrapolated["cpu"], 1),
          max_relative_error_qr_vs_dense_float32=worst_err)
-    emit(rows, "speedup_qr_vs_dense_svd", speedup=round(extrapolated / medians["qr"], 1),
+    emit(rows, "speedup_qr_vs_dense_svd",
+         speedup_cpu=round(extrapolated["cpu"] / ours["qr"]["cpu_s_median"], 1),
+         speedup_wall=round(extrapolated["wall"] / ours["qr"]["wall_s_median"], 1),
          note="extrapolated dense SVD time for 252 modules / median adapter_spectra time (qr)")
 
 
@@ -175,7 +184,6 @@ def bench_regulariser(rows: list, steps: int, batch: int, seq: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--dense-sample", type=int, default=7, help="modules (one per kind) for the dense SVD")
     ap.add_argument("--steps", type=int, default=60, help="optimiser steps per arm")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=48)
@@ -186,7 +194,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     rows: list = []
     if args.only != "regulariser":
-        bench_adapter(rows, args.repeats, args.dense_sample)
+        bench_adapter(rows, args.repeats)
     if args.only != "adapter":
         bench_regulariser(rows, args.steps, args.batch, args.seq)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

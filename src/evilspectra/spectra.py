@@ -7,8 +7,10 @@ orthonormal columns, so sigma(B A) = sigma(R_B R_A^T). The d_out x d_in product 
 The paper's route (Cholesky of B^T B) is offered for reproduction; it squares the condition number
 of B and breaks down when B is rank-deficient.
 
-Everything takes stacked batches (k x r x d_in, k x d_out x r), so the modules of equal shape in
-an adapter (36 q_proj of Qwen3-8B, ...) are one batched call instead of a Python loop.
+The linear algebra takes stacked batches (k x r x d_in, k x d_out x r): the regulariser stacks the
+modules of equal shape (36 q_proj of Qwen3-8B, ...) into one batched call per shape on every
+training step. Reading an adapter from disk (CPU) goes module by module, which keeps each one in
+cache and is faster there than one large batch.
 
 Metrics of sigma_1 >= ... >= sigma_r (all scale-invariant): stable rank sum(s^2)/s_1^2, spectral
 entropy -sum(p ln p) with p = s/sum(s) (nats), condition number s_1/s_r, Frobenius/nuclear
@@ -89,7 +91,12 @@ def lora_singular_values(
         raise ValueError(f"LoRA factor shapes do not match: A {tuple(A.shape)}, B {tuple(B.shape)}")
     r = A.shape[-2]
     with torch.no_grad():
-        if method == "qr":
+        if method == "qr" and A.device.type == "cpu" and A.ndim == 3:
+            # On a CPU, converting and factorising one module at a time keeps it in cache: about
+            # twice as fast as one batched LAPACK call on Qwen3-8B shapes (bench/bench_spectra.py).
+            core = torch.stack([_qr_core(a.double(), b.double()) for a, b in zip(A, B)])
+            sigma = torch.linalg.svdvals(core)
+        elif method == "qr":
             sigma = torch.linalg.svdvals(_qr_core(A.double(), B.double()))
         else:
             sigma = _cholesky_svdvals(A, B)
@@ -208,22 +215,9 @@ def adapter_spectra(adapter_dir: str | Path, method: str = "qr") -> pd.DataFrame
                 f"{adapter_dir / WEIGHTS}: module {module} has lora_A {tuple(A.shape)} and lora_B "
                 f"{tuple(B.shape)}, but {adapter_dir / CONFIG} gives rank {r}"
             )
+        sigma = lora_singular_values(A, B, scaling, method)
         rows[module] = {"module": module, "layer": _module_layer(module), "kind": module.rsplit(".", 1)[-1],
-                        "r": r, "scaling": scaling}
-
-    # One batched call per group of modules with equal factor shapes.
-    groups: dict[tuple, list[str]] = {}
-    for module, ab in factors.items():
-        groups.setdefault((tuple(ab["A"].shape), tuple(ab["B"].shape)), []).append(module)
-    for modules in groups.values():
-        A = torch.stack([factors[m]["A"] for m in modules])
-        B = torch.stack([factors[m]["B"] for m in modules])
-        sigma = lora_singular_values(A, B, method=method)
-        sigma = sigma * torch.tensor([rows[m]["scaling"] for m in modules], dtype=sigma.dtype).unsqueeze(-1)
-        metrics = _batched_metrics(sigma)
-        for i, m in enumerate(modules):
-            rows[m]["sigma"] = sigma[i].tolist()
-            rows[m].update({k: float(v[i]) for k, v in metrics.items()})
+                        "r": r, "scaling": scaling, "sigma": sigma.tolist(), **spectral_metrics(sigma)}
 
     order = sorted(rows, key=lambda m: (rows[m]["layer"] if rows[m]["layer"] is not None else -1, m))
     return pd.DataFrame([rows[m] for m in order])
