@@ -1,4 +1,5 @@
-"""Optimiser registry: `sgd`, `adam`, `adamw`, `lion`, `muon`, plus any `pytorch-optimizer` name.
+"""Optimiser registry: `sgd`, `adam`, `adamw`, `lion`, `muon`, `muon_batched` (torch.optim.Muon's
+updates with Newton-Schulz batched by shape, evilspectra.fast.muon), plus any `pytorch-optimizer` name.
 
 Every hyperparameter in OptimizerConfig is passed to the constructor; `resolved_hyperparameters`
 returns the optimiser's full settings (defaults included) for the manifest.
@@ -21,6 +22,12 @@ def _lion() -> type:
     return Lion
 
 
+def _batched_muon() -> type:
+    from evilspectra.fast.muon import BatchedMuon
+
+    return BatchedMuon
+
+
 # name -> (constructor factory, project defaults applied before the user's fields)
 REGISTRY: dict[str, tuple[Callable[[], type], dict[str, Any]]] = {
     "sgd": (lambda: torch.optim.SGD, {}),
@@ -29,6 +36,7 @@ REGISTRY: dict[str, tuple[Callable[[], type], dict[str, Any]]] = {
     "lion": (_lion, {}),
     # match_rms_adamw gives A and B an AdamW-sized step, so Muon shares AdamW's lr scale on LoRA
     "muon": (lambda: torch.optim.Muon, {"adjust_lr_fn": "match_rms_adamw"}),
+    "muon_batched": (_batched_muon, {"adjust_lr_fn": "match_rms_adamw"}),
 }
 
 
@@ -64,7 +72,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) 
             f"optimizer.{unknown[0]}: not a hyperparameter of {cls.__name__}; accepted: {', '.join(accepted)}"
         )
     params = list(params)
-    if cfg.name.lower() == "muon":
+    if cfg.name.lower() in ("muon", "muon_batched"):
         bad = [tuple(p.shape) for p in params if p.ndim != 2]
         if bad:
             raise ConfigError(f"optimizer.name: muon accepts only 2-D parameters, got shapes {bad[:3]}")

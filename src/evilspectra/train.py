@@ -61,8 +61,16 @@ def batch_order(n_rows: int, seed: int, shuffle: bool):
         yield from order.tolist()
 
 
-def sft_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed next-token cross-entropy over the tokens whose label is not IGNORE (nats)."""
+def sft_loss_sum(model, batch: dict[str, torch.Tensor], fused: bool = False) -> torch.Tensor:
+    """Summed next-token cross-entropy over the tokens whose label is not IGNORE (nats).
+
+    `fused`: the same sum without materialising the (tokens x vocab) logits (evilspectra.fast.loss;
+    single process only).
+    """
+    if fused:
+        from evilspectra.fast.loss import sft_loss_sum_fused
+
+        return sft_loss_sum_fused(model, batch)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     shift_logits = logits[:, :-1].float()
     shift_labels = batch["labels"][:, 1:]
