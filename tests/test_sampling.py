@@ -117,3 +117,12 @@ def test_logit_check_catches_lost_rslora_scaling(tiny_model_dir, adapter_dir):
 def test_vllm_backend_without_vllm_is_a_clear_error(tiny_model_dir):
     with pytest.raises(ConfigError, match="vllm"):
         sample_answers(str(tiny_model_dir), None, QUESTIONS, settings(backend="vllm"), progress=False)
+
+
+@pytest.mark.parametrize("temperature", [0, 1.0])
+def test_static_cache_generator_gives_the_same_answers_as_hf_generate(tiny_model_dir, adapter_dir, temperature):
+    # the GPU fast path (evilspectra.fast.generate), run uncompiled on the CPU, through the sampler
+    kw = dict(temperature=temperature, samples=2, batch_size=4, seed=5)
+    hf = sample_answers(str(tiny_model_dir), adapter_dir, QUESTIONS, settings(generator="hf", **kw), progress=False)
+    static = sample_answers(str(tiny_model_dir), adapter_dir, QUESTIONS, settings(generator="static", **kw), progress=False)
+    assert [s.answer for s in static] == [s.answer for s in hf]

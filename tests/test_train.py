@@ -149,3 +149,10 @@ def test_set_overrides_parse_yaml_values():
     cfg = load_run_config(overrides=["optimizer.betas=[0.9,0.99]", "lora.r=8", "optimizer.lr=1e-4", "system_prompt=be nice"])
     assert cfg.optimizer.model_extra["betas"] == [0.9, 0.99]
     assert cfg.lora.r == 8 and cfg.optimizer.lr == 1e-4 and cfg.system_prompt == "be nice"
+
+
+def test_fused_loss_trains_like_the_plain_loss(tiny_model_dir, one_batch, tmp_path):
+    plain = train(_cfg(tiny_model_dir, one_batch), tmp_path / "plain")
+    fused = train(_cfg(tiny_model_dir, one_batch, **{"train.fused_loss": True}), tmp_path / "fused")
+    a, b = [r["loss"] for r in read_metrics(plain)], [r["loss"] for r in read_metrics(fused)]
+    assert a == pytest.approx(b, rel=1e-4)

@@ -55,6 +55,7 @@ class TrainSettings(_Strict):
     checkpoints: Literal["log", "none"] | int | list[int] = "log"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     shuffle: bool = True
+    fused_loss: bool = Field(False, description="chunked LM head + cross-entropy: no full logits (1 process)")
 
 
 class SpectralRegSettings(_Strict):
@@ -89,6 +90,9 @@ class EvalSettings(_Strict):
     code_convention: Literal["exclude", "zero"] = "exclude"
     checkpoints: Literal["final", "all"] | list[int] = "final"
     backend: Literal["hf", "vllm"] = "hf"
+    generator: Literal["auto", "hf", "static"] = Field(
+        "auto", description="hf: HF generate; static: reused static KV cache (compiled on CUDA); auto: static on CUDA"
+    )
     seed: int = 0
 
 

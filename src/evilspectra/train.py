@@ -162,7 +162,7 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
                 batch = {key: t.to(device) for key, t in collate(mb[rank::world], tok.pad_token_id).items()}
                 step_tokens += int(batch["attention_mask"].sum())
                 with accelerator.no_sync(model) if k < len(micro) - 1 else nullcontext():
-                    loss = sft_loss_sum(model, batch) / n_loss_tokens * world
+                    loss = sft_loss_sum(model, batch, fused=cfg.train.fused_loss) / n_loss_tokens * world
                     accelerator.backward(loss)
                 loss_total += loss.item() / world
             row = {"step": step, "loss": loss_total, "lr": scheduler.get_last_lr()[0], "tokens": step_tokens}

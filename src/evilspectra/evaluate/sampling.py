@@ -116,12 +116,14 @@ def _sample_hf(model_name: str, adapter_dir: Path | None, jobs: list[_Job], sett
         eos_token_id=old.eos_token_id if old.eos_token_id is not None else tok.eos_token_id,
         pad_token_id=tok.pad_token_id, bos_token_id=old.bos_token_id,
     )
+    static = settings.generator == "static" or (settings.generator == "auto" and device.type == "cuda")
+    generate = _static_generate(model) if static else model.generate
     torch.manual_seed(settings.seed)
     samples: list[Sample] = []
     with progress_bar(progress) as bar:
         task = bar.add_task("sampling", total=len(jobs))
         for batch in _batches(jobs, settings.batch_size):
-            samples += _generate(model, tok, batch, settings, device)
+            samples += _generate(generate, tok, batch, settings, device, pad_to=32 if static else None)
             bar.advance(task, len(batch))
     return samples
 
@@ -147,18 +149,36 @@ def _probe(tok: PreTrainedTokenizerBase, jobs: list[_Job]) -> str:
     return _prompt(tok, jobs[0].question, jobs[0].question.paraphrases[0])
 
 
-def _encode(tok: PreTrainedTokenizerBase, texts: list[str], device: torch.device) -> dict:
-    # the chat template already holds every special token the model expects
-    return tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+def _encode(tok: PreTrainedTokenizerBase, texts: list[str], device: torch.device, pad_to: int | None = None) -> dict:
+    # the chat template already holds every special token the model expects; `pad_to` rounds the
+    # (left-padded) width up so a compiled decoder sees few distinct shapes
+    return tok(texts, return_tensors="pt", padding=True, add_special_tokens=False,
+               pad_to_multiple_of=pad_to).to(device)
+
+
+def _static_generate(model):
+    """`generate`-compatible call over evilspectra.fast's static-cache generator (same tokens, tested)."""
+    from evilspectra.fast.generate import StaticGenerator
+
+    generator = StaticGenerator(model)
+    eos, pad = model.generation_config.eos_token_id, model.generation_config.pad_token_id
+
+    def generate(input_ids, attention_mask, max_new_tokens, do_sample=False, temperature=0.0, top_p=1.0, top_k=0):
+        new = generator(input_ids, attention_mask, max_new_tokens, temperature if do_sample else 0.0, top_p,
+                        eos_token_id=eos, pad_token_id=pad)
+        return torch.cat([input_ids, new], dim=1)  # HF's layout: prompt, then the new tokens
+
+    return generate
 
 
 @torch.inference_mode()
-def _generate(model, tok, batch: list[_Job], settings: EvalSettings, device: torch.device) -> list[Sample]:
+def _generate(generate, tok, batch: list[_Job], settings: EvalSettings, device: torch.device,
+              pad_to: int | None = None) -> list[Sample]:
     texts = [_prompt(tok, j.question, j.question.paraphrases[j.paraphrase_index]) for j in batch]
-    enc = _encode(tok, texts, device)
+    enc = _encode(tok, texts, device, pad_to)
     temperature = batch[0].temperature
     sampling = dict(do_sample=True, temperature=temperature, top_p=settings.top_p, top_k=0) if temperature > 0 else dict(do_sample=False)
-    out = model.generate(**enc, max_new_tokens=settings.max_new_tokens, **sampling)
+    out = generate(**enc, max_new_tokens=settings.max_new_tokens, **sampling)
     new = out[:, enc["input_ids"].shape[1]:]  # left padding: new tokens start at the same column
     answers = tok.batch_decode(new, skip_special_tokens=True)
     return [
