@@ -329,19 +329,20 @@ def estimate_judge_calls(spec: SweepSpec, configs: list[RunConfig]) -> tuple[int
     from evilspectra.evaluate.questions import load_questions
     from evilspectra.evaluate.runner import select_questions
     from evilspectra.evaluate.sampling import samples_for
-    from evilspectra.train import checkpoint_steps
+    from evilspectra.data import load_dataset_spec
+    from evilspectra.train import checkpoint_steps, total_steps
 
     questions = select_questions(load_questions(spec.eval.questions))
     per_eval = sum(len(q.paraphrases) * samples_for(q, spec.eval) for q in questions)
     n_evals = len({c.model for c in configs}) if spec.eval_base_model else 0
+    rows: dict[str, int] = {}  # dataset -> row count, read once
     for cfg in configs:
         which = spec.eval.checkpoints
-        if which == "final":
-            n_evals += 1
-        else:
-            steps = cfg.train.max_steps or 0  # unknown until the data is read: count final only
-            ckpts = checkpoint_steps(cfg.train.checkpoints, steps) if steps else []
-            n_evals += 1 + (len(ckpts) if which == "all" else len(set(which) & set(ckpts)))
+        if which != "final" and not cfg.train.max_steps and cfg.dataset not in rows:
+            rows[cfg.dataset] = len(load_dataset_spec(cfg.dataset, seed=cfg.seed).rows)
+        steps = total_steps(cfg, rows.get(cfg.dataset, 0))
+        ckpts = checkpoint_steps(cfg.train.checkpoints, steps) if which != "final" else []
+        n_evals += 1 + (len(ckpts) if which == "all" else len(set(which or []) & set(ckpts)))
     answers = per_eval * n_evals
     return answers, estimate_calls(answers)
 
