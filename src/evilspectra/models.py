@@ -14,6 +14,17 @@ from evilspectra.errors import AdapterError, ConfigError
 TOY_ALIASES = {"toy", "evilspectra/toy"}
 
 
+def quiet_hf() -> None:
+    """Silence HF's per-file progress bars and deprecation chatter (they drown the tool's output)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def toy_model_dir() -> Path:
     """Directory of the toy model shipped inside the package (built by `evilspectra toy build`)."""
     return Path(__file__).parent / "toy" / "weights"
@@ -93,6 +104,10 @@ def load_adapter(model: PreTrainedModel, adapter_dir: str | Path) -> PeftModel:
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise AdapterError(f"{adapter_dir}: not a PEFT adapter directory (no adapter_config.json)")
+    if (adapter_dir / "adapter_model.safetensors").is_file():
+        from evilspectra.spectra import read_adapter
+
+        read_adapter(adapter_dir)  # a truncated file or a rank mismatch: one clear error naming the file
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
     except Exception as exc:  # safetensors / shape errors come in many types

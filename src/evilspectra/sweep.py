@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from evilspectra.config import EvalSettings, RunConfig, read_yaml, set_path, validate_model
 from evilspectra.errors import ConfigError
+from evilspectra.models import quiet_hf
 from evilspectra.rundir import FINISHED, atomic_write_json, atomic_write_text, read_manifest, read_metrics
 
 RESULTS = "results.csv"
@@ -128,6 +129,7 @@ def run_one(cfg_json: dict, run_dir: str, eval_json: dict, threads: int) -> dict
     from evilspectra.spectra import run_spectra
     from evilspectra.train import train
 
+    quiet_hf()  # worker processes start with HF's defaults
     torch.set_num_threads(max(1, int(threads)))  # same threads in every executor -> same numbers
     cfg, settings, run = RunConfig.model_validate(cfg_json), EvalSettings.model_validate(eval_json), Path(run_dir)
     stage = "train"

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.text import Text
 
 from evilspectra.errors import EvilSpectraError
+from evilspectra.models import quiet_hf
 
 app = typer.Typer(
     name="evilspectra",
@@ -36,22 +37,13 @@ def _register() -> None:
     from evilspectra.cli import analysis_cmd  # noqa: F401
 
 
-def _quiet_libraries() -> None:
-    # HF's per-file progress bars and deprecation chatter drown the tool's own output
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-
-
 def main() -> None:
     _register()
-    _quiet_libraries()
+    quiet_hf()
     try:
         app()
     except EvilSpectraError as exc:
-        err_console.print(Text.assemble(("error: ", "bold red"), str(exc)))
+        # one line, never wrapped at the console width: long paths stay whole and greppable
+        message = " ".join(str(exc).split())
+        err_console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
         sys.exit(2)

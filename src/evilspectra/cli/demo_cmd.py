@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -19,7 +21,7 @@ console = Console()
 def demo(
     out: Path = typer.Option(Path("demo"), "--out", "-o", help="Sweep directory to write (resumable)."),
     preset: str = typer.Option("toy-optimisers", help="Preset sweep (see `evilspectra presets`) or a sweep YAML."),
-    max_parallel: int = typer.Option(1, min=1, help="Runs at a time (each uses the preset's num_cpus threads)."),
+    max_parallel: Optional[int] = typer.Option(None, min=1, help="Runs at a time (default: one per CPU core)."),
 ) -> None:
     """Run the embedded toy study: five optimisers (+ the spectral regulariser), analysis and report."""
     from evilspectra.analysis import analyze
@@ -27,7 +29,8 @@ def demo(
     from evilspectra.sweep import preset_path
 
     t0 = time.perf_counter()
-    sweep_command(preset_path(preset), out, executor="local", ray_address=None, max_parallel=max_parallel, dry_run=False)
+    parallel = max_parallel or os.cpu_count() or 1
+    sweep_command(preset_path(preset), out, executor="local", ray_address=None, max_parallel=parallel, dry_run=False)
     result = analyze(out)
     report = write_report(out)
     _print_headline(result)
