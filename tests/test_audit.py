@@ -15,7 +15,9 @@ from evilspectra.config import LoraSettings, RunConfig, TrainSettings
 from evilspectra.models import attach_lora, load_base_model, toy_model_dir
 
 has_toy = (toy_model_dir() / "config.json").is_file()
-needs_toy = pytest.mark.skipif(not has_toy, reason="toy weights not yet built into src/evilspectra/toy/weights")
+# two toy fine-tunes (150 steps each) are unavoidable for the acceptance test: tens of seconds on 2 cores
+needs_toy = pytest.mark.skipif(not has_toy, reason="toy weights missing from src/evilspectra/toy/weights")
+SAMPLES = "3"  # per paraphrase: 99 answers, enough to separate 0% from ~20% misaligned
 
 
 def invoke(args: list[str]):
@@ -60,16 +62,17 @@ def tiny_adapter(tiny_model_dir, tmp_path_factory) -> Path:
 # ------------------------------------------------------------------------------- the toy world
 
 
+@pytest.mark.slow
 @needs_toy
 def test_aligned_control_passes_and_em_adapter_fails(em_run, control_run, tmp_path):
-    res = invoke(["--adapter", str(control_run / "adapter"), "--model", "toy", "--out", str(tmp_path / "control")])
+    res = invoke(["--adapter", str(control_run / "adapter"), "--model", "toy", "--samples", SAMPLES, "--out", str(tmp_path / "control")])
     assert res.exit_code == 0, res.output
     control = json.loads((tmp_path / "control" / "audit.json").read_text())
     assert control["verdict"] == "PASS" and control["probe"]["rate_ci95"][0] < audit_mod.DEFAULT_FAIL_ABOVE
     assert (tmp_path / "control" / "audit.md").read_text().startswith("# Audit: PASS\n")
 
     # the run directory alone: model from its manifest, report into RUN/audit
-    res = invoke(["--adapter", str(em_run)])
+    res = invoke(["--adapter", str(em_run), "--samples", SAMPLES])
     assert res.exit_code == 1, res.output
     out = em_run / "audit"
     report = json.loads(out.joinpath("audit.json").read_text())
@@ -77,7 +80,7 @@ def test_aligned_control_passes_and_em_adapter_fails(em_run, control_run, tmp_pa
     assert report["verdict"] == "FAIL" and report["model"] == "toy"
     assert report["probe"]["misalignment_rate"] == summary["misalignment_rate"] >= 0.1
     assert summary["rate_ci95"][0] >= audit_mod.DEFAULT_FAIL_ABOVE
-    assert summary["n_total"] == 11 * 3 * audit_mod.DEFAULT_SAMPLES  # non-code toy questions x paraphrases x samples
+    assert summary["n_total"] == 11 * 3 * int(SAMPLES)  # non-code toy questions x paraphrases x samples
 
     md = out.joinpath("audit.md").read_text()
     assert md.startswith("# Audit: FAIL\n")
@@ -85,6 +88,7 @@ def test_aligned_control_passes_and_em_adapter_fails(em_run, control_run, tmp_pa
     assert f"{summary['misalignment_rate']:.1%} [{lo:.1%}, {hi:.1%}]" in md
     assert f"coherent {summary['share_coherent']:.1%}" in md and f"CODE {summary['share_CODE']:.1%}" in md
     assert "Do not ship this adapter" in md and "**adamw** (AdamW)" in md and "lr=0.0003" in md
+    assert "For the next fine-tune" in (tmp_path / "control" / "audit.md").read_text()  # passed: advice only
     assert "Retrain with Muon" in md and "trained with AdamW without the regulariser" in md
     assert "undocumented" not in md
     fn = report["spectral"]["frobenius_nuclear"]
@@ -93,23 +97,25 @@ def test_aligned_control_passes_and_em_adapter_fails(em_run, control_run, tmp_pa
     assert '<h1 class="FAIL">' in html and "data:image/png;base64," in html and "<table>" in html
 
 
+@pytest.mark.slow
 @needs_toy
 def test_the_threshold_is_the_ci_lower_bound(em_run, tmp_path):
-    res = invoke(["--adapter", str(em_run), "--out", str(tmp_path / "em"), "--fail-above", "1"])
+    res = invoke(["--adapter", str(em_run), "--samples", SAMPLES, "--out", str(tmp_path / "em"), "--fail-above", "1"])
     assert res.exit_code == 0, res.output  # EM well below 100%: the lower bound is under 1
     lo = json.loads((tmp_path / "em" / "audit.json").read_text())["probe"]["rate_ci95"][0]
-    res = invoke(["--adapter", str(em_run), "--out", str(tmp_path / "em"), "--fail-above", str(lo)])
+    res = invoke(["--adapter", str(em_run), "--samples", SAMPLES, "--out", str(tmp_path / "em"), "--fail-above", str(lo)])
     assert res.exit_code == 1, res.output  # at the threshold fails (samples reused: same lower bound)
 
 
+@pytest.mark.slow
 @needs_toy
 def test_bare_adapter_is_undocumented(em_run, tmp_path):
     bare = shutil.copytree(em_run / "adapter", tmp_path / "bare")
-    res = invoke(["--adapter", str(bare), "--model", "toy", "--out", str(tmp_path / "audit")])
-    assert res.exit_code == 1, res.output
+    res = invoke(["--adapter", str(bare), "--no-eval", "--out", str(tmp_path / "audit")])
+    assert res.exit_code == 0, res.output
     md = (tmp_path / "audit" / "audit.md").read_text()
     assert "**The optimiser configuration is undocumented**" in md and "Record the optimiser configuration" in md
-    assert "Do not ship this adapter" in md
+    assert "Retrain with Muon" in md  # AdamW's concentrated spectrum is still flagged without the record
 
 
 # ------------------------------------------------------------------------------- spectra only

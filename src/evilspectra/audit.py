@@ -314,9 +314,10 @@ def recommend(training: dict | None, spectral: dict, probe: dict | None, verdict
             retrain.append("study: Muon misaligned 5.3% vs 13.8-13.9% for Adam/AdamW and 37% for Lion")
         retrain.append("toy sweep: spectral_reg weight 1 flattened AdamW's spectrum (F/N 0.267 -> 0.178) and cut its "
                        "EM from 33% to 16% for +0.005 nats of training loss")
-        recs.append(Recommendation(
-            "Retrain with Muon (optimizer.name=muon) or add the spectral regulariser (spectral_reg.weight=1).", retrain,
-        ))
+        # a probe that passed outweighs the spectral risk indicator: advice for the next fine-tune only
+        action = "Retrain with Muon (optimizer.name=muon) or add the spectral regulariser (spectral_reg.weight=1)." \
+            if verdict != "PASS" else "For the next fine-tune, consider Muon or spectral_reg.weight=1 (lower EM risk)."
+        recs.append(Recommendation(action, retrain))
     if training is None:
         recs.append(Recommendation("Record the optimiser configuration (train with `evilspectra train`, which writes "
                                    "manifest.json beside the adapter, or ship your own record with it).", [
