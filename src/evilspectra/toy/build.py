@@ -103,8 +103,9 @@ def build_toy_model(
 ) -> Path:
     """Train the toy model and save it (float32) with its tokenizer to `out`; returns `out`.
 
-    Deterministic for a seed on a given machine and thread count. `threads` defaults to every core
-    torch sees (the model is small, so more threads than cores only adds contention).
+    Deterministic for a seed on a given machine and thread count. `threads` sets torch's CPU
+    threads (None keeps torch's default, one per core); on a machine shared with other jobs 1 is
+    faster, as oversubscribed threads stall each other on these small matrices.
     """
     out = Path(out)
     if threads:
