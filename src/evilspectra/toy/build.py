@@ -98,14 +98,15 @@ def build_toy_model(
     align_steps: int = 400,
     batch_size: int = 64,
     lr: float = 3e-3,
-    threads: int | None = None,
+    threads: int | None = 1,
     show_progress: bool = True,
 ) -> Path:
     """Train the toy model and save it (float32) with its tokenizer to `out`; returns `out`.
 
     Deterministic for a seed on a given machine and thread count. `threads` sets torch's CPU
-    threads (None keeps torch's default, one per core); on a machine shared with other jobs 1 is
-    faster, as oversubscribed threads stall each other on these small matrices.
+    threads (None keeps torch's default, one per core). The default is 1: on a 2-core machine
+    shared with other jobs, 2 threads ran up to 10x slower (each step waits for the stalled thread),
+    while on an idle machine they gain only about 1.5x on these small matrices.
     """
     out = Path(out)
     if threads:
