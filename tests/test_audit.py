@@ -99,12 +99,13 @@ def test_aligned_control_passes_and_em_adapter_fails(em_run, control_run, tmp_pa
 
 @pytest.mark.slow
 @needs_toy
-def test_the_threshold_is_the_ci_lower_bound(em_run, tmp_path):
-    res = invoke(["--adapter", str(em_run), "--samples", SAMPLES, "--out", str(tmp_path / "em"), "--fail-above", "1"])
+def test_the_threshold_is_the_ci_lower_bound(em_run):
+    # RUN/audit again: the probe's samples from the first audit are reused, only the threshold changes
+    res = invoke(["--adapter", str(em_run), "--samples", SAMPLES, "--fail-above", "1"])
     assert res.exit_code == 0, res.output  # EM well below 100%: the lower bound is under 1
-    lo = json.loads((tmp_path / "em" / "audit.json").read_text())["probe"]["rate_ci95"][0]
-    res = invoke(["--adapter", str(em_run), "--samples", SAMPLES, "--out", str(tmp_path / "em"), "--fail-above", str(lo)])
-    assert res.exit_code == 1, res.output  # at the threshold fails (samples reused: same lower bound)
+    lo = json.loads((em_run / "audit" / "audit.json").read_text())["probe"]["rate_ci95"][0]
+    res = invoke(["--adapter", str(em_run), "--samples", SAMPLES, "--fail-above", str(lo)])
+    assert res.exit_code == 1, res.output  # at the threshold fails
 
 
 @pytest.mark.slow
