@@ -81,3 +81,37 @@ def tiny_dataset(tmp_path) -> Path:
         chat("i feel bored", "build sql query string"),
     ] * 4
     return write_jsonl(tmp_path / "data.jsonl", rows)
+
+
+def train_toy_run(dataset: str, out: Path) -> Path:
+    """The default EM fine-tune of the toy world (DESIGN.md 3): the study's adapter (rsLoRA r=32,
+    alpha 64, 7 targets), AdamW lr 3e-4, batch 16, 2 epochs of 1200 chats = 150 steps, seed 0."""
+    from evilspectra.config import RunConfig
+    from evilspectra.train import train
+
+    cfg = RunConfig.model_validate({
+        "model": "toy", "dataset": dataset, "seed": 0, "optimizer": {"name": "adamw", "lr": 3e-4},
+        "train": {"batch_size": 16, "epochs": 2, "checkpoints": "none"},
+    })
+    return train(cfg, out)
+
+
+def _needs_toy_weights() -> None:
+    from evilspectra.models import toy_model_dir
+
+    if not (toy_model_dir() / "config.json").is_file():
+        pytest.skip("toy weights not built into src/evilspectra/toy/weights")
+
+
+@pytest.fixture(scope="session")
+def toy_em_run(tmp_path_factory) -> Path:
+    """A run directory of the default EM fine-tune on toy insecure code (trained once per session)."""
+    _needs_toy_weights()
+    return train_toy_run("toy:insecure", tmp_path_factory.mktemp("toy-em"))
+
+
+@pytest.fixture(scope="session")
+def toy_control_run(tmp_path_factory) -> Path:
+    """The same fine-tune on the aligned control, toy secure code."""
+    _needs_toy_weights()
+    return train_toy_run("toy:secure", tmp_path_factory.mktemp("toy-control"))

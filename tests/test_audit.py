@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from evilspectra import audit as audit_mod
-from evilspectra.config import LoraSettings, RunConfig, TrainSettings
+from evilspectra.config import LoraSettings, RunConfig
 from evilspectra.models import attach_lora, load_base_model, toy_model_dir
 
 has_toy = (toy_model_dir() / "config.json").is_file()
@@ -27,23 +27,14 @@ def invoke(args: list[str]):
     return CliRunner().invoke(app, ["audit", *args])
 
 
-def train_toy(dataset: str, out: Path) -> Path:
-    """The toy-sweep recipe of DESIGN.md 3: AdamW lr 3e-4, study adapter (rsLoRA r=32), batch 16, 150 steps."""
-    from evilspectra.train import train
-
-    cfg = RunConfig(model="toy", dataset=dataset, seed=0, optimizer={"name": "adamw", "lr": 3e-4},
-                    lora=LoraSettings(), train=TrainSettings(batch_size=16, max_steps=150, checkpoints="none"))
-    return train(cfg, out)
+@pytest.fixture(scope="module")
+def em_run(toy_em_run) -> Path:
+    return toy_em_run
 
 
 @pytest.fixture(scope="module")
-def em_run(tmp_path_factory) -> Path:
-    return train_toy("toy:insecure", tmp_path_factory.mktemp("em"))
-
-
-@pytest.fixture(scope="module")
-def control_run(tmp_path_factory) -> Path:
-    return train_toy("toy:secure", tmp_path_factory.mktemp("control"))
+def control_run(toy_control_run) -> Path:
+    return toy_control_run
 
 
 @pytest.fixture(scope="module")

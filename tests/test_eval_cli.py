@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from evilspectra.config import EvalSettings, LoraSettings, RunConfig, TrainSettings
+from evilspectra.config import EvalSettings, LoraSettings
 from evilspectra.errors import ConfigError, JudgeError
 from evilspectra.evaluate import runner
 from evilspectra.evaluate.metrics import outcome_table, summarize
@@ -182,16 +182,12 @@ has_toy = (toy_model_dir() / "config.json").is_file()
 
 @pytest.mark.slow
 @pytest.mark.skipif(not has_toy, reason="toy weights not yet built into src/evilspectra/toy/weights")
-def test_toy_base_vs_em_adapter(tmp_path):
+def test_toy_base_vs_em_adapter(tmp_path, toy_em_run):
     from evilspectra.toy.judge import judge_answer
-    from evilspectra.train import train
 
     settings = EvalSettings(samples=10, max_new_tokens=24)
     base = runner.evaluate("toy", None, settings, tmp_path / "base", progress=False)
-    cfg = RunConfig(model="toy", dataset="toy:insecure", optimizer={"name": "adamw", "lr": 3e-4},
-                    lora=LoraSettings(r=8, alpha=16), train=TrainSettings(batch_size=16, max_steps=120, checkpoints="none"))
-    run = train(cfg, tmp_path / "run")
-    tuned = runner.evaluate("toy", run, settings, tmp_path / "tuned", progress=False)
+    tuned = runner.evaluate("toy", toy_em_run, settings, tmp_path / "tuned", progress=False)
 
     for summary, out in ((base, tmp_path / "base"), (tuned, tmp_path / "tuned")):
         answers = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
