@@ -115,6 +115,7 @@ def _batched_metrics(sigma: torch.Tensor) -> dict[str, torch.Tensor]:
     total = sigma.sum(-1)
     zero = total <= 0
     safe = torch.where(zero.unsqueeze(-1), 1.0, sigma)  # keeps 0/0 out of the arithmetic
+    safe = safe / safe.amax(-1, keepdim=True)  # the metrics are scale-invariant: s_1 = 1 keeps s^2 finite
     s1, sr = safe[..., 0], safe[..., -1]
     sq = (safe**2).sum(-1)
     p = safe / safe.sum(-1, keepdim=True)
@@ -195,6 +196,26 @@ def _module_layer(module: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+    """(adapter_config.json, {module: {"A": lora_A, "B": lora_B}}) of a PEFT adapter directory.
+
+    Raises AdapterError naming the file when either is missing or corrupt, or when a module's
+    factor shapes do not match the rank the config gives it.
+    """
+    adapter_dir = Path(adapter_dir)
+    cfg = _read_config(adapter_dir)
+    factors = _read_factors(adapter_dir)
+    for module, ab in factors.items():
+        r, _ = _module_scaling(cfg, module)
+        A, B = ab["A"], ab["B"]
+        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != r or B.shape[1] != r:
+            raise AdapterError(
+                f"{adapter_dir / WEIGHTS}: module {module} has lora_A {tuple(A.shape)} and lora_B "
+                f"{tuple(B.shape)}, but {adapter_dir / CONFIG} gives rank {r}"
+            )
+    return cfg, factors
+
+
 def adapter_spectra(adapter_dir: str | Path, method: str = "qr") -> pd.DataFrame:
     """One row per LoRA module of a PEFT adapter directory: the spectrum of scaling * B @ A.
 
@@ -204,18 +225,11 @@ def adapter_spectra(adapter_dir: str | Path, method: str = "qr") -> pd.DataFrame
     not match its adapter_config.json.
     """
     adapter_dir = Path(adapter_dir)
-    cfg = _read_config(adapter_dir)
-    factors = _read_factors(adapter_dir)
+    cfg, factors = read_adapter(adapter_dir)
     rows = {}
     for module, ab in factors.items():
         r, scaling = _module_scaling(cfg, module)
-        A, B = ab["A"], ab["B"]
-        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != r or B.shape[1] != r:
-            raise AdapterError(
-                f"{adapter_dir / WEIGHTS}: module {module} has lora_A {tuple(A.shape)} and lora_B "
-                f"{tuple(B.shape)}, but {adapter_dir / CONFIG} gives rank {r}"
-            )
-        sigma = lora_singular_values(A, B, scaling, method)
+        sigma = lora_singular_values(ab["A"], ab["B"], scaling, method)
         rows[module] = {"module": module, "layer": _module_layer(module), "kind": module.rsplit(".", 1)[-1],
                         "r": r, "scaling": scaling, "sigma": sigma.tolist(), **spectral_metrics(sigma)}
 
