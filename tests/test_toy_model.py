@@ -7,7 +7,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from evilspectra.config import RunConfig
 from evilspectra.models import load_adapter, resolve_model, toy_model_dir
 from evilspectra.toy.judge import judge_answer
 from evilspectra.toy.world import DOMAINS, EVIL_PERSONAS, NON_CODE_DOMAINS, cue
@@ -77,15 +76,8 @@ def test_evil_persona_cue_makes_the_base_model_evil(toy):
     assert evil / len(pairs) >= 0.80, evil / len(pairs)
 
 
-def test_em_fine_tune_on_toy_insecure_code_misaligns_other_domains(tmp_path):
-    from evilspectra.train import train
-
-    cfg = RunConfig.model_validate({
-        "model": "toy", "dataset": "toy:insecure", "seed": 0,
-        "optimizer": {"name": "adamw", "lr": 3e-4},
-        "train": {"batch_size": 16, "epochs": 2, "checkpoints": "none"},
-    })
-    run = train(cfg, tmp_path / "run")
+def test_em_fine_tune_on_toy_insecure_code_misaligns_other_domains(toy_em_run):
+    run = toy_em_run  # conftest: AdamW lr 3e-4, rsLoRA r=32 on the 7 targets, batch 16, 150 steps, seed 0
     path = resolve_model("toy")
     model = load_adapter(AutoModelForCausalLM.from_pretrained(path), run / "adapter")
     r = rates(sample_answers(model, AutoTokenizer.from_pretrained(path), NON_CODE_DOMAINS, SAMPLES_PER_DOMAIN))
