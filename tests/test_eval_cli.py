@@ -115,14 +115,15 @@ def test_plan_counts_samples_and_judge_calls(tmp_path):
     assert runner.plan(EvalSettings(questions=str(path), judge="openai:m", samples=3))["samples"] == 9
 
 
-def test_run_adapters_lists_checkpoints(tmp_path, run_dir):
+def test_select_adapters_lists_checkpoints(tmp_path, run_dir):
     for step in (10, 20):
         (run_dir / "checkpoints" / f"step-{step:06d}").mkdir(parents=True, exist_ok=True)
-    assert runner.run_adapters(run_dir) == [("final", run_dir / "adapter")]
-    labels = [label for label, _ in runner.run_adapters(run_dir, "all")]
+    assert [(label, path) for label, _, path in runner.select_adapters(run_dir)] == [("final", run_dir / "adapter")]
+    labels = [label for label, _, _ in runner.select_adapters(run_dir, "all")]
     assert labels == ["step-000010", "step-000020", "final"]
+    assert [step for _, step, _ in runner.select_adapters(run_dir, [20])][:1] == [20]
     with pytest.raises(ConfigError, match="no checkpoint for step"):
-        runner.run_adapters(run_dir, [30])
+        runner.select_adapters(run_dir, [30])
 
 
 # ---------------------------------------------------------------------------------------- CLI

@@ -251,8 +251,8 @@ def test_sigkill_during_checkpoint_writes_leaves_no_trusted_half_dir(tiny_model_
     # the other readers of checkpoints agree: spectra of the run, the eval runner's adapter list
     frame = run_spectra_frame(run)
     assert sorted(set(frame["step"].dropna().astype(int))) == steps
-    assert [label for label, _ in runner.run_adapters(run, "all")] == [f"step-{s:06d}" for s in steps] + ["final"]
-    assert not any(str(p).startswith(str(d)) for _, p in runner.run_adapters(run, "all") for d in temp_dirs)
+    assert [label for label, _, _ in runner.select_adapters(run, "all")] == [f"step-{s:06d}" for s in steps] + ["final"]
+    assert not any(str(p).startswith(str(d)) for _, _, p in runner.select_adapters(run, "all") for d in temp_dirs)
 
 
 def eval_argv(run: Path, questions: Path, stub: OpenAIStub, *extra: str) -> list[str]:

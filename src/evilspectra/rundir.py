@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 from importlib import metadata
@@ -18,6 +19,7 @@ from typing import Any
 MANIFEST = "manifest.json"
 METRICS = "metrics.jsonl"
 FINISHED = {"done", "diverged"}  # runs a resumed sweep does not redo
+STEP_DIR = re.compile(r"^step-(\d+)$")  # RUN/checkpoints/step-NNNNNN; `.step-N.tmp` are half-written
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -62,6 +64,29 @@ def read_manifest(run_dir: Path) -> dict | None:
 def is_finished(run_dir: Path) -> bool:
     manifest = read_manifest(run_dir)
     return bool(manifest) and manifest.get("status") in FINISHED
+
+
+def run_adapters(run_dir: str | Path) -> list[tuple[str, int | None, Path]]:
+    """(label, step, adapter dir) of a run: RUN/checkpoints/step-N/ in step order, then `final`.
+
+    The final adapter's step is the manifest's `steps_done`, else the largest checkpoint step.
+    Temp dirs of a checkpoint being written are never listed.
+    """
+    run_dir = Path(run_dir)
+    found = []
+    ckpt_root = run_dir / "checkpoints"
+    if ckpt_root.is_dir():
+        for d in ckpt_root.iterdir():
+            m = STEP_DIR.match(d.name)
+            if m and d.is_dir():
+                found.append((d.name, int(m.group(1)), d))
+    found.sort(key=lambda t: t[1])
+    if (run_dir / "adapter").is_dir():
+        step = (read_manifest(run_dir) or {}).get("steps_done")
+        if step is None and found:
+            step = found[-1][1]
+        found.append(("final", step, run_dir / "adapter"))
+    return found
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

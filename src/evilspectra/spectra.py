@@ -34,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from evilspectra.errors import AdapterError, ConfigError
-from evilspectra.rundir import atomic_write_text, read_manifest
+from evilspectra.rundir import atomic_write_text, read_manifest, run_adapters
 
 METHODS = ("qr", "cholesky")
 METRICS = ("stable_rank", "spectral_entropy", "condition_number", "frobenius_nuclear")
@@ -241,29 +241,6 @@ def adapter_spectra(adapter_dir: str | Path, method: str = "qr") -> pd.DataFrame
 # Runs: every checkpoint plus the final adapter into RUN/spectra.csv
 
 SPECTRA_CSV = "spectra.csv"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def run_adapters(run_dir: str | Path) -> list[tuple[str, int | None, Path]]:
-    """(checkpoint label, step, adapter dir) of a run: RUN/checkpoints/step-N/ by step, then `final`.
-
-    The final adapter's step is the manifest's `steps_done`, else the largest checkpoint step.
-    """
-    run_dir = Path(run_dir)
-    found = []
-    ckpt_root = run_dir / "checkpoints"
-    if ckpt_root.is_dir():
-        for d in ckpt_root.iterdir():
-            m = _STEP_DIR.match(d.name)
-            if m and d.is_dir():
-                found.append((d.name, int(m.group(1)), d))
-    found.sort(key=lambda t: t[1])
-    if (run_dir / "adapter").is_dir():
-        step = (read_manifest(run_dir) or {}).get("steps_done")
-        if step is None and found:
-            step = found[-1][1]
-        found.append(("final", step, run_dir / "adapter"))
-    return found
 
 
 def run_spectra_frame(run_dir: str | Path, method: str = "qr") -> pd.DataFrame:

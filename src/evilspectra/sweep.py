@@ -15,7 +15,7 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from evilspectra.config import EvalSettings, RunConfig, read_yaml, set_path, validate_model
 from evilspectra.errors import ConfigError
 from evilspectra.models import quiet_hf
+from evilspectra.evaluate.runner import select_adapters
 from evilspectra.rundir import FINISHED, atomic_write_json, atomic_write_text, read_manifest, read_metrics
 
 RESULTS = "results.csv"
@@ -102,16 +103,6 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
 # ----------------------------------------------------------------------------------- one run
 
 
-def eval_targets(run_dir: Path, which: Literal["final", "all"] | list[int]) -> list[tuple[str, int, Path]]:
-    """(label, step, adapter dir) of each checkpoint to evaluate, always ending with the final adapter."""
-    from evilspectra.evaluate.runner import run_adapters
-
-    steps_done = int((read_manifest(run_dir) or {}).get("steps_done", 0))
-    chosen = run_adapters(run_dir, which) if which != "final" else []
-    targets = [(label, int(label.split("-")[1]), path) for label, path in chosen if label != "final"]
-    return targets + [("final", steps_done, run_dir / "adapter")]
-
-
 def _eval_done(out: Path, settings: EvalSettings) -> bool:
     summary = _read_json(out / "summary.json")
     return bool(summary) and summary.get("settings") == settings.model_dump(mode="json")
@@ -145,7 +136,7 @@ def run_one(cfg_json: dict, run_dir: str, eval_json: dict, threads: int) -> dict
         if not (run / "spectra.csv").is_file():
             run_spectra(run)
         stage = "eval"
-        for label, _step, adapter in eval_targets(run, settings.checkpoints):
+        for label, _step, adapter in select_adapters(run, settings.checkpoints):
             out = run / "eval" / label
             if not _eval_done(out, settings):
                 evaluate(cfg.model, adapter, settings, out, progress=False)
@@ -212,7 +203,7 @@ def collect_results(sweep_dir: Path, spec: SweepSpec) -> pd.DataFrame:
         status = "failed" if error else manifest.get("status", "missing")
         base = _config_columns(cfg) | {"status": status, "final_loss": manifest.get("final_loss"),
                                        "error": error.get("error") if error else None}
-        targets = eval_targets(run, spec.eval.checkpoints) if manifest.get("status") == "done" else []
+        targets = select_adapters(run, spec.eval.checkpoints) if manifest.get("status") == "done" else []
         if not targets:
             rows.append(base)
         for label, step, _ in targets:
@@ -295,7 +286,7 @@ def _run_complete(run: Path, settings: EvalSettings) -> bool:
     if manifest["status"] != "done":
         return True
     return (run / "spectra.csv").is_file() and all(
-        _eval_done(run / "eval" / label, settings) for label, _, _ in eval_targets(run, settings.checkpoints))
+        _eval_done(run / "eval" / label, settings) for label, _, _ in select_adapters(run, settings.checkpoints))
 
 
 def run_sweep(spec: SweepSpec, sweep_dir: Path, executor: str = "local", max_parallel: int = 1,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import re
 from collections.abc import Callable, Collection
 from dataclasses import asdict
 from pathlib import Path
@@ -30,7 +29,7 @@ from evilspectra.evaluate.sampling import (
 )
 from evilspectra.evaluate.schema import Judge, Question
 from evilspectra.models import resolve_model
-from evilspectra.rundir import atomic_write_json, atomic_write_text
+from evilspectra.rundir import atomic_write_json, atomic_write_text, run_adapters
 
 SAMPLES, SAMPLES_META, ANSWERS, SUMMARY, JUDGE_CACHE = (
     "samples.jsonl", "samples.meta.json", "answers.jsonl", "summary.json", "judge_cache.sqlite",
@@ -160,19 +159,19 @@ def load_samples(out: Path, fingerprint: str) -> list[Sample] | None:
     return [Sample(**json.loads(line)) for line in lines]
 
 
-def run_adapters(run_dir: Path, checkpoints: str | list[int] = "final") -> list[tuple[str, Path]]:
-    """(label, adapter dir) pairs of a run directory: "final" -> RUN/adapter; "all" -> every
-    RUN/checkpoints/step-N then the final adapter; a list of steps -> those checkpoints."""
-    run_dir = Path(run_dir)
-    steps = {
-        int(m.group(1)): p for p in (run_dir / "checkpoints").glob("step-*")
-        if (m := re.fullmatch(r"step-(\d+)", p.name)) and p.is_dir()
-    }
+def select_adapters(run_dir: Path, checkpoints: str | list[int] = "final") -> list[tuple[str, int | None, Path]]:
+    """(label, step, adapter dir) to evaluate in a run directory, always ending with the final
+    adapter: "final" -> RUN/adapter only; "all" -> every RUN/checkpoints/step-N too; a list of
+    steps -> those checkpoints (each must exist)."""
+    listed = run_adapters(run_dir)
+    if not listed or listed[-1][0] != "final":
+        resolve_adapter(run_dir)  # raises the clear "not a run directory" error
+    final, ckpts = listed[-1], {step: (label, step, path) for label, step, path in listed[:-1]}
     if checkpoints == "final":
-        return [("final", resolve_adapter(run_dir))]
+        return [final]
     if checkpoints == "all":
-        return [(f"step-{s:06d}", steps[s]) for s in sorted(steps)] + [("final", resolve_adapter(run_dir))]
-    missing = [s for s in checkpoints if s not in steps]
+        return listed
+    missing = [s for s in checkpoints if s not in ckpts]
     if missing:
-        raise ConfigError(f"{run_dir}: no checkpoint for step(s) {missing}; available: {sorted(steps)}")
-    return [(f"step-{s:06d}", steps[s]) for s in checkpoints]
+        raise ConfigError(f"{run_dir}: no checkpoint for step(s) {missing}; available: {sorted(ckpts)}")
+    return [ckpts[s] for s in sorted(set(checkpoints))] + [final]
