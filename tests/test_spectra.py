@@ -255,14 +255,15 @@ def test_regulariser_batched_equals_per_module_loop(tiny_model_dir, aggregation)
     pairs = [(A.detach(), B.detach()) for _, A, B in lora_factor_pairs(pm)]
     assert reg.n_modules == 14 and len(reg.groups) == 4  # {q,o}, {k,v}, {gate,up}, {down}
     assert float(reg()) == pytest.approx(reference_reg(pairs, aggregation), rel=1e-5)
-    chol = SpectralRegulariser(pm, method="cholesky", aggregation=aggregation)
-    assert float(chol()) == pytest.approx(reference_reg(pairs, aggregation), rel=1e-4)
+    for method in ("cholesky", "gram"):
+        other = SpectralRegulariser(pm, method=method, aggregation=aggregation)
+        assert float(other()) == pytest.approx(reference_reg(pairs, aggregation), rel=1e-4)
 
 
 @pytest.mark.parametrize("zero_b", ["all", "some"])
 def test_regulariser_finite_with_zero_B(tiny_model_dir, zero_b):
     pm = peft_model(tiny_model_dir, zero_b=zero_b)
-    for method in ("qr", "cholesky"):
+    for method in ("qr", "cholesky", "gram"):
         loss = SpectralRegulariser(pm, method=method)()
         loss.backward()
         assert torch.isfinite(loss)
@@ -298,5 +299,5 @@ def test_penalty_gradcheck():
     B = torch.randn(3, 5, 3, generator=g, dtype=torch.float64)
     B[1, :, 2] *= 1e-2  # one badly conditioned module
     B.requires_grad_()
-    for method in ("qr", "cholesky"):
+    for method in ("qr", "cholesky", "gram"):
         assert torch.autograd.gradcheck(lambda A, B: spectral_penalty(A, B, method), (A, B), atol=1e-6)

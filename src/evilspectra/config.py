@@ -62,7 +62,7 @@ class SpectralRegSettings(_Strict):
     """R = mean over modules of ||sigma||_2/||sigma||_1 - 1/sqrt(r), times `weight`, added to the loss."""
 
     weight: float = Field(0.0, ge=0)
-    method: Literal["qr", "cholesky"] = "qr"
+    method: Literal["gram", "qr", "cholesky"] = "gram"
     aggregation: Literal["mean", "sum"] = "mean"
     every: int = Field(1, ge=1, description="apply the regulariser every N optimiser steps")
 

