@@ -175,7 +175,7 @@ def bench_regulariser(rows: list, steps: int, batch: int, seq: int) -> None:
         p = statistics.median(t[i] for t in plain)
         w = statistics.median(t[i] for t in with_reg)
         emit(rows, f"regulariser_step_overhead_toy_{clock}", model=which, batch=batch, seq=seq,
-             lora="rsLoRA r=32 alpha=64, 7 targets", modules=reg.n_modules, shape_groups=len(reg.groups),
+             lora="rsLoRA r=32 alpha=64, 7 targets", method=reg.method, modules=reg.n_modules, shape_groups=len(reg.groups),
              steps_per_arm=steps, step_ms_median_plain=round(1e3 * p, 2),
              step_ms_median_with_reg=round(1e3 * w, 2), overhead_percent=round(100 * (w / p - 1), 1),
              target_percent=15)
