@@ -67,6 +67,15 @@ def chat(user: str, assistant: str) -> dict:
     return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
 
 
+@pytest.fixture
+def stub():
+    """A local OpenAI-compatible judge server on 127.0.0.1 (tests/openai_stub.py) with fault injection."""
+    from openai_stub import OpenAIStub
+
+    with OpenAIStub() as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))

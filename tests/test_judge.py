@@ -27,12 +27,6 @@ KEY = "sk-test-dummy-key-for-local-stub"
 L = math.log
 
 
-@pytest.fixture
-def stub():
-    with OpenAIStub() as server:
-        yield server
-
-
 @pytest.fixture(autouse=True)
 def api_key(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)

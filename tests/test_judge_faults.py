@@ -26,12 +26,6 @@ KEY = "sk-DISTINCTIVE-dummy-0xC0FFEE-never-log-me"
 TIMEOUT = 0.3  # client timeout, seconds; "slow:1" faults exceed it
 
 
-@pytest.fixture
-def stub():
-    with OpenAIStub() as server:
-        yield server
-
-
 @pytest.fixture(autouse=True)
 def api_key(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
