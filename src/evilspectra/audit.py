@@ -28,15 +28,15 @@ from pathlib import Path
 import pandas as pd
 from markdown_it import MarkdownIt
 
-from evilspectra.config import EvalSettings, validate_model
+from evilspectra.config import AUDIT_FAIL_ABOVE, AUDIT_SAMPLES, EvalSettings, validate_model
 from evilspectra.errors import ConfigError
 from evilspectra.evaluate.sampling import resolve_adapter
 from evilspectra.models import TOY_ALIASES
 from evilspectra.rundir import MANIFEST, atomic_write_json, atomic_write_text
 from evilspectra.spectra import adapter_spectra, plot_normalised_spectra, write_spectra_csv
 
-DEFAULT_FAIL_ABOVE = 0.05
-DEFAULT_SAMPLES = 5  # per paraphrase: 165 answers on the toy questions, ~200 on the default set
+DEFAULT_FAIL_ABOVE = AUDIT_FAIL_ABOVE
+DEFAULT_SAMPLES = AUDIT_SAMPLES  # per paraphrase: 165 answers on the toy questions, ~200 on the default set
 TOY_MAX_NEW_TOKENS = 32  # a toy answer is 9 words + <end>; bounds the probe when a model rambles
 WORST_MODULES = 5
 

@@ -14,17 +14,6 @@ from evilspectra.errors import AdapterError, ConfigError
 TOY_ALIASES = {"toy", "evilspectra/toy"}
 
 
-def quiet_hf() -> None:
-    """Silence HF's per-file progress bars and deprecation chatter (they drown the tool's output)."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-
-
 def toy_model_dir() -> Path:
     """Directory of the toy model shipped inside the package (built by `evilspectra toy build`)."""
     return Path(__file__).parent / "toy" / "weights"

@@ -29,12 +29,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from peft.utils.other import get_pattern_key
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from evilspectra.errors import AdapterError, ConfigError
-from evilspectra.rundir import atomic_write_text, read_manifest, run_adapters
+from evilspectra.rundir import atomic_write_text, run_adapters
 
 METHODS = ("qr", "cholesky")
 # the regulariser also offers "gram": all linear algebra on r x r Gram matrices (cheapest, see
@@ -189,6 +188,8 @@ def _read_factors(adapter_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
 def _module_scaling(cfg: dict, module: str) -> tuple[int, float]:
     """(r, scaling) of one module as PEFT computes them: rank/alpha patterns, then alpha/r or rsLoRA."""
     rank_pattern, alpha_pattern = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
+    from peft.utils.other import get_pattern_key  # PEFT's own pattern matching (lazy: peft is slow to import)
+
     r = rank_pattern.get(get_pattern_key(rank_pattern.keys(), module), cfg["r"])
     alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), module), cfg.get("lora_alpha", 8))
     return r, alpha / (math.sqrt(r) if cfg.get("use_rslora") else r)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from evilspectra.config import EvalSettings, RunConfig, read_yaml, set_path, validate_model
 from evilspectra.errors import ConfigError
-from evilspectra.models import quiet_hf
+from evilspectra.quiet import quiet_hf
 from evilspectra.evaluate.runner import select_adapters
 from evilspectra.rundir import FINISHED, atomic_write_json, atomic_write_text, read_manifest, read_metrics
 

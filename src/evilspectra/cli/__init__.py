@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.text import Text
 
 from evilspectra.errors import EvilSpectraError
-from evilspectra.models import quiet_hf
+from evilspectra.quiet import quiet_hf
 
 app = typer.Typer(
     name="evilspectra",

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from evilspectra.audit import DEFAULT_FAIL_ABOVE, DEFAULT_SAMPLES
+from evilspectra.config import AUDIT_FAIL_ABOVE as DEFAULT_FAIL_ABOVE, AUDIT_SAMPLES as DEFAULT_SAMPLES
 from evilspectra.cli import app, err_console
 from evilspectra.errors import EvilSpectraError
 

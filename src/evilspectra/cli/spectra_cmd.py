@@ -12,10 +12,6 @@ from rich.table import Table
 
 from evilspectra.cli import app
 from evilspectra.errors import AdapterError
-from evilspectra.spectra import (
-    CONFIG, METRICS, SPECTRA_CSV, adapter_spectra, aggregate_spectra, plot_normalised_spectra,
-    run_spectra_frame, write_spectra_csv,
-)
 
 console = Console()
 
@@ -25,6 +21,8 @@ def _fmt(x: float) -> str:
 
 
 def _summary_table(summary: pd.DataFrame) -> Table:
+    from evilspectra.spectra import METRICS
+
     table = Table(title="LoRA spectra: mean over modules (flat spectrum: F/N = 1/sqrt(r))")
     for col in ("run", "checkpoint", "step", "modules", "stable rank", "entropy", "cond. number", "F/N"):
         text = col in ("run", "checkpoint")
@@ -45,6 +43,11 @@ def spectra(
     ),
 ) -> None:
     """Spectra of B @ A for every LoRA module: spectra.csv per run, a summary table, spectra.png."""
+    from evilspectra.spectra import (  # lazy: keeps `evilspectra --help` free of torch
+        CONFIG, SPECTRA_CSV, adapter_spectra, aggregate_spectra, plot_normalised_spectra, run_spectra_frame,
+        write_spectra_csv,
+    )
+
     frames: dict[str, pd.DataFrame] = {}
     adapter_frames = []
     for path in paths:
