@@ -25,7 +25,7 @@ from evilspectra.config import RunConfig
 from evilspectra.data import ChatDataset, collate, encode_dataset, load_dataset_spec
 from evilspectra.models import attach_lora, load_base_model, load_tokenizer, pick_dtype
 from evilspectra.optim import build_optimizer, optimizer_class, resolved_hyperparameters
-from evilspectra.rundir import METRICS, atomic_write_json, library_versions, replace_dir
+from evilspectra.rundir import MANIFEST, METRICS, atomic_write_json, library_versions, replace_dir
 
 # progress(step, total_steps, loss) is called after every optimiser step
 ProgressFn = Callable[[int, int, float], None]
@@ -119,18 +119,17 @@ def train(cfg: RunConfig, out: Path, progress: ProgressFn | None = None) -> Path
     _fresh_run_dir(out)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     manifest = _manifest(cfg, data, "running", timings={"started": started})
-    atomic_write_json(out / "manifest.json", manifest)
+    atomic_write_json(out / MANIFEST, manifest)
     try:
         result = _train_loop(cfg, data, out, accelerator, device, progress)
     except BaseException as exc:
         manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-        atomic_write_json(out / "manifest.json", manifest)
+        atomic_write_json(out / MANIFEST, manifest)
         raise
-    manifest.update(result)
-    manifest["timings"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    manifest["timings"].update(result.pop("timings_extra", {}))
-    manifest.pop("timings_extra", None)
-    atomic_write_json(out / "manifest.json", manifest)
+    finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    timings = {**manifest["timings"], "finished": finished, **result.pop("timings")}
+    manifest.update(result, timings=timings)
+    atomic_write_json(out / MANIFEST, manifest)
     return out
 
 
@@ -205,7 +204,7 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
         "checkpoints": sorted(s for s in save_at if s <= step),
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
-        "timings_extra": {"train_seconds": round(seconds, 3), "seconds_per_step": round(seconds / max(step, 1), 4)},
+        "timings": {"train_seconds": round(seconds, 3), "seconds_per_step": round(seconds / max(step, 1), 4)},
     }
 
 
