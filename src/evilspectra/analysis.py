@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from evilspectra.errors import DataError
-from evilspectra.rundir import atomic_write_json
+from evilspectra.rundir import atomic_write_json, read_json
 
 ANALYSIS = "analysis.json"
 SPECTRAL_METRICS = ("stable_rank", "spectral_entropy", "condition_number", "frobenius_nuclear")
@@ -357,9 +357,8 @@ def base_models(sweep_dir: Path) -> list[dict]:
     """The base models' evaluation summaries (SWEEP/base/<model-slug>/eval/summary.json): the reference."""
     out = []
     for path in sorted(sweep_dir.glob("base/*/eval/summary.json")):
-        try:
-            s = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+        s = read_json(path)
+        if s is None:
             continue
         out.append({"model": path.parent.parent.name, **{k: s.get(k) for k in (
             "misalignment_rate", "rate_ci95", "mean_aligned", "n_total", "n_denominator", "n_misaligned",

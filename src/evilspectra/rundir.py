@@ -53,17 +53,17 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
         os.replace(tmp_dir, final_dir)
 
 
-def read_manifest(run_dir: Path) -> dict | None:
-    """The run's manifest, or None when absent or unreadable (an unfinished run)."""
+def read_json(path: Path) -> dict | None:
+    """A JSON file written by a stage, or None when absent or unreadable (not written yet)."""
     try:
-        return json.loads((Path(run_dir) / MANIFEST).read_text())
+        return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError):
         return None
 
 
-def is_finished(run_dir: Path) -> bool:
-    manifest = read_manifest(run_dir)
-    return bool(manifest) and manifest.get("status") in FINISHED
+def read_manifest(run_dir: Path) -> dict | None:
+    """The run's manifest, or None when absent or unreadable (an unfinished run)."""
+    return read_json(Path(run_dir) / MANIFEST)
 
 
 def run_adapters(run_dir: str | Path) -> list[tuple[str, int | None, Path]]:

@@ -8,6 +8,7 @@ on disk, so running the same command again resumes a killed sweep without redoin
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import os
@@ -25,7 +26,7 @@ from evilspectra.config import EvalSettings, RunConfig, read_yaml, set_path, val
 from evilspectra.errors import ConfigError
 from evilspectra.quiet import quiet_hf
 from evilspectra.evaluate.runner import select_adapters
-from evilspectra.rundir import FINISHED, atomic_write_json, atomic_write_text, read_manifest, read_metrics
+from evilspectra.rundir import FINISHED, atomic_write_json, atomic_write_text, read_json, read_manifest, read_metrics
 
 RESULTS = "results.csv"
 
@@ -90,7 +91,7 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
                    if variant.optimizers is None or p.get("optimizer.name") in variant.optimizers]
     configs, seen = [], set()
     for i, point in enumerate(points):
-        tree = json.loads(json.dumps(spec.base))
+        tree = copy.deepcopy(spec.base)
         for key, value in point.items():
             set_path(tree, key, value)
         cfg = validate_model(RunConfig, tree, source=f"sweep run {i + 1} ({point})")
@@ -104,7 +105,7 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
 
 
 def _eval_done(out: Path, settings: EvalSettings) -> bool:
-    summary = _read_json(out / "summary.json")
+    summary = read_json(out / "summary.json")
     return bool(summary) and summary.get("settings") == settings.model_dump(mode="json")
 
 
@@ -199,7 +200,7 @@ def collect_results(sweep_dir: Path, spec: SweepSpec) -> pd.DataFrame:
         manifest = read_manifest(run) or {}
         metrics = read_metrics(run)
         spectra = _spectra_by_label(run)
-        error = _read_json(run / "error.json")
+        error = read_json(run / "error.json")
         status = "failed" if error else manifest.get("status", "missing")
         base = _config_columns(cfg) | {"status": status, "final_loss": manifest.get("final_loss"),
                                        "error": error.get("error") if error else None}
@@ -227,15 +228,8 @@ def _loss_at(metrics: list[dict], step: int, window: int = 10) -> dict:
     return {"loss": last, "loss_smoothed": smooth, "log_loss": float(np.log(smooth)) if smooth > 0 else None}
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def _eval_columns(out: Path) -> dict:
-    s = _read_json(out / "summary.json")
+    s = read_json(out / "summary.json")
     if s is None:
         return {}
     ci = s.get("rate_ci95") or [None, None]

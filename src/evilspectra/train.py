@@ -169,9 +169,10 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
                 reg = regulariser()
                 accelerator.backward(cfg.spectral_reg.weight * reg)
                 row["reg"] = reg.item()
+            metrics_file.write(_jsonl(row))
+            metrics_file.flush()
             if not math.isfinite(loss_total):
-                status = "diverged"
-                metrics_file.write(_jsonl(row))
+                status = "diverged"  # the diverged step's row stays in metrics.jsonl as evidence
                 break
             if cfg.train.max_grad_norm:
                 accelerator.clip_grad_norm_(params, cfg.train.max_grad_norm)
@@ -179,8 +180,6 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             loss_value, tokens_seen = loss_total, tokens_seen + step_tokens
-            metrics_file.write(_jsonl(row))
-            metrics_file.flush()
             if step in save_at and accelerator.is_main_process:
                 _save_adapter(accelerator.unwrap_model(model), out / "checkpoints" / f"step-{step:06d}")
             if progress:
@@ -191,9 +190,10 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
         _save_adapter(accelerator.unwrap_model(model), out / "adapter")
     seconds = time.perf_counter() - t0
     unwrapped = accelerator.unwrap_model(model)
+    steps_done = step if status == "done" else step - 1
     return {
         "status": status,
-        "steps_done": step if status == "done" else step - 1,
+        "steps_done": steps_done,
         "total_steps": steps,
         "final_loss": loss_value,
         "tokens": tokens_seen,
@@ -201,7 +201,7 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
                       "hyperparameters": resolved_hyperparameters(raw_optimizer)},
         "lora": {"trainable_parameters": sum(p.numel() for p in params),
                  "modules": sum(1 for n, _ in unwrapped.named_modules() if n.endswith("lora_A"))},
-        "checkpoints": sorted(s for s in save_at if s <= step),
+        "checkpoints": sorted(s for s in save_at if s <= steps_done),
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
         "timings": {"train_seconds": round(seconds, 3), "seconds_per_step": round(seconds / max(step, 1), 4)},
