@@ -4,7 +4,7 @@
 PY ?= python3
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: install install-dev demo test
+.PHONY: install install-dev demo test lint
 
 # torch first, pinned: an open range would pull a multi-GB CUDA build
 install:
@@ -20,3 +20,7 @@ demo: install
 
 test: install-dev
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+lint: install-dev
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .

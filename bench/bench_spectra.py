@@ -30,8 +30,12 @@ from evilspectra.spectra import SpectralRegulariser, adapter_spectra, lora_singu
 
 RESULTS = Path(__file__).parent / "results" / "spectra-cpu.jsonl"
 QWEN3_8B = {  # kind: (d_in, d_out)
-    "self_attn.q_proj": (4096, 4096), "self_attn.k_proj": (4096, 1024), "self_attn.v_proj": (4096, 1024),
-    "self_attn.o_proj": (4096, 4096), "mlp.gate_proj": (4096, 12288), "mlp.up_proj": (4096, 12288),
+    "self_attn.q_proj": (4096, 4096),
+    "self_attn.k_proj": (4096, 1024),
+    "self_attn.v_proj": (4096, 1024),
+    "self_attn.o_proj": (4096, 4096),
+    "mlp.gate_proj": (4096, 12288),
+    "mlp.up_proj": (4096, 12288),
     "mlp.down_proj": (12288, 4096),
 }
 LAYERS, RANK = 36, 32
@@ -39,8 +43,11 @@ LAYERS, RANK = 36, 32
 
 def machine() -> dict:
     return {
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(), "load_avg_1m": round(os.getloadavg()[0], 2),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
@@ -62,8 +69,10 @@ def timed(fn, repeats: int) -> list[tuple[float, float]]:
 
 
 def medians(times: list[tuple[float, float]]) -> dict:
-    return {"wall_s_median": round(statistics.median(t[0] for t in times), 3),
-            "cpu_s_median": round(statistics.median(t[1] for t in times), 3)}
+    return {
+        "wall_s_median": round(statistics.median(t[0] for t in times), 3),
+        "cpu_s_median": round(statistics.median(t[1] for t in times), 3),
+    }
 
 
 def write_qwen3_8b_adapter(out: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -80,8 +89,15 @@ def write_qwen3_8b_adapter(out: Path) -> dict[str, tuple[torch.Tensor, torch.Ten
             modules[name] = (A, B)
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, out / "adapter_model.safetensors")
-    config = {"peft_type": "LORA", "r": RANK, "lora_alpha": 64, "use_rslora": True,
-              "target_modules": [k.split(".")[-1] for k in QWEN3_8B], "rank_pattern": {}, "alpha_pattern": {}}
+    config = {
+        "peft_type": "LORA",
+        "r": RANK,
+        "lora_alpha": 64,
+        "use_rslora": True,
+        "target_modules": [k.split(".")[-1] for k in QWEN3_8B],
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    }
     (out / "adapter_config.json").write_text(json.dumps(config))
     return modules
 
@@ -94,8 +110,14 @@ def bench_adapter(rows: list, repeats: int) -> None:
         for method in ("qr", "cholesky"):
             times = timed(lambda: adapter_spectra(Path(tmp) / "adapter", method), repeats)
             ours[method] = medians(times)
-            emit(rows, f"adapter_spectra_252_modules_{method}", **ours[method], repeats=repeats,
-                 target_seconds=2.0, note="end to end: read safetensors, singular values, metrics, DataFrame")
+            emit(
+                rows,
+                f"adapter_spectra_252_modules_{method}",
+                **ours[method],
+                repeats=repeats,
+                target_seconds=2.0,
+                note="end to end: read safetensors, singular values, metrics, DataFrame",
+            )
 
     # Dense baseline: svdvals of the formed d_out x d_in float32 matrix, one module of each distinct
     # shape (q=o, k=v, gate=up, down), extrapolated to all 252 modules by shape counts.
@@ -108,16 +130,28 @@ def bench_adapter(rows: list, repeats: int) -> None:
         wall, cpu = time.perf_counter(), time.process_time()
         ref = torch.linalg.svdvals(B @ A)[:RANK].double()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        dense[kinds[0]] = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "modules_of_this_shape": LAYERS * len(kinds)}
+        dense[kinds[0]] = {
+            "wall_s": round(wall, 2),
+            "cpu_s": round(cpu, 2),
+            "modules_of_this_shape": LAYERS * len(kinds),
+        }
         worst_err = max(worst_err, float((lora_singular_values(A, B) - ref).norm() / ref.norm()))
     extrapolated = {c: sum(d[f"{c}_s"] * d["modules_of_this_shape"] for d in dense.values()) for c in ("wall", "cpu")}
-    emit(rows, "dense_svd_per_shape", per_shape=dense,
-         extrapolated_252_wall_s=round(extrapolated["wall"], 1), extrapolated_252_cpu_s=round(extrapolated["cpu"], 1),
-         max_relative_error_qr_vs_dense_float32=worst_err)
-    emit(rows, "speedup_qr_vs_dense_svd",
-         speedup_cpu=round(extrapolated["cpu"] / ours["qr"]["cpu_s_median"], 1),
-         speedup_wall=round(extrapolated["wall"] / ours["qr"]["wall_s_median"], 1),
-         note="extrapolated dense SVD time for 252 modules / median adapter_spectra time (qr)")
+    emit(
+        rows,
+        "dense_svd_per_shape",
+        per_shape=dense,
+        extrapolated_252_wall_s=round(extrapolated["wall"], 1),
+        extrapolated_252_cpu_s=round(extrapolated["cpu"], 1),
+        max_relative_error_qr_vs_dense_float32=worst_err,
+    )
+    emit(
+        rows,
+        "speedup_qr_vs_dense_svd",
+        speedup_cpu=round(extrapolated["cpu"] / ours["qr"]["cpu_s_median"], 1),
+        speedup_wall=round(extrapolated["wall"] / ours["qr"]["wall_s_median"], 1),
+        note="extrapolated dense SVD time for 252 modules / median adapter_spectra time (qr)",
+    )
 
 
 def toy_shaped_model():
@@ -131,9 +165,17 @@ def toy_shaped_model():
         return AutoModelForCausalLM.from_pretrained(resolve_model("toy")), "toy weights"
     except ConfigError:
         torch.manual_seed(0)
-        cfg = Qwen3Config(vocab_size=400, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                          num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-                          max_position_embeddings=128, tie_word_embeddings=True)
+        cfg = Qwen3Config(
+            vocab_size=400,
+            hidden_size=128,
+            intermediate_size=384,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+            max_position_embeddings=128,
+            tie_word_embeddings=True,
+        )
         return Qwen3ForCausalLM(cfg), "random model of the toy's shape (toy weights not built)"
 
 
@@ -143,9 +185,16 @@ def bench_regulariser(rows: list, steps: int, batch: int, seq: int) -> None:
     from evilspectra.train import sft_loss_sum
 
     model, which = toy_shaped_model()
-    model = get_peft_model(model, LoraConfig(
-        r=32, lora_alpha=64, use_rslora=True, lora_dropout=0.0,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=32,
+            lora_alpha=64,
+            use_rslora=True,
+            lora_dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ),
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=3e-4)
     reg = SpectralRegulariser(model)
@@ -174,11 +223,22 @@ def bench_regulariser(rows: list, steps: int, batch: int, seq: int) -> None:
     for clock, i in (("cpu", 1), ("wall", 0)):
         p = statistics.median(t[i] for t in plain)
         w = statistics.median(t[i] for t in with_reg)
-        emit(rows, f"regulariser_step_overhead_toy_{clock}", model=which, batch=batch, seq=seq,
-             lora="rsLoRA r=32 alpha=64, 7 targets", method=reg.method, modules=reg.n_modules, shape_groups=len(reg.groups),
-             steps_per_arm=steps, step_ms_median_plain=round(1e3 * p, 2),
-             step_ms_median_with_reg=round(1e3 * w, 2), overhead_percent=round(100 * (w / p - 1), 1),
-             target_percent=15)
+        emit(
+            rows,
+            f"regulariser_step_overhead_toy_{clock}",
+            model=which,
+            batch=batch,
+            seq=seq,
+            lora="rsLoRA r=32 alpha=64, 7 targets",
+            method=reg.method,
+            modules=reg.n_modules,
+            shape_groups=len(reg.groups),
+            steps_per_arm=steps,
+            step_ms_median_plain=round(1e3 * p, 2),
+            step_ms_median_with_reg=round(1e3 * w, 2),
+            overhead_percent=round(100 * (w / p - 1), 1),
+            target_percent=15,
+        )
 
 
 def main() -> None:

@@ -36,8 +36,8 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
@@ -52,10 +52,28 @@ from evilspectra.train import sft_loss_sum
 RESULTS = Path(__file__).parent / "results"
 
 # Qwen3-8B's shape (config.json of Qwen/Qwen3-8B) and a tiny one for CPU smoke runs
-FULL = dict(hidden_size=4096, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-            intermediate_size=12288, vocab_size=151936, max_position_embeddings=4096, tie_word_embeddings=False)
-SMALL = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-             intermediate_size=256, vocab_size=2048, max_position_embeddings=512, tie_word_embeddings=False)
+FULL = dict(
+    hidden_size=4096,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    intermediate_size=12288,
+    vocab_size=151936,
+    max_position_embeddings=4096,
+    tie_word_embeddings=False,
+)
+SMALL = dict(
+    hidden_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=32,
+    intermediate_size=256,
+    vocab_size=2048,
+    max_position_embeddings=512,
+    tie_word_embeddings=False,
+)
 
 # dense bf16 peak FLOP/s by device name (NVIDIA datasheets; SXM unless PCIe/NVL is in the name)
 PEAK_BF16 = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200", 989e12), ("H100", 989e12), ("A100", 312e12)]
@@ -108,7 +126,7 @@ def build_model(small: bool, device: torch.device, dtype: torch.dtype):
         torch.set_default_dtype(default)
     model = attach_lora(base, LoraSettings(r=8 if small else 32, alpha=16 if small else 64))
     with torch.no_grad():
-        for _, A, B in lora_factor_pairs(model):
+        for _, _A, B in lora_factor_pairs(model):
             B.normal_(0, 1e-3)
     return model
 
@@ -148,8 +166,12 @@ class Recorder:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def emit(self, row: dict) -> None:
-        row = {**row, "device": self.device, "torch": torch.__version__,
-               "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        row = {
+            **row,
+            "device": self.device,
+            "torch": torch.__version__,
+            "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
         line = json.dumps(row)
         print(line, flush=True)
         with self.path.open("a") as f:
@@ -162,14 +184,22 @@ class Recorder:
         ratio = None
         if base:
             ratio = value / base if unit.endswith("/s") else base / value
-        self.emit({"name": name, "value": round(value, 4), "unit": unit, "baseline": baseline,
-                   "ratio": round(ratio, 3) if ratio is not None else None, **extra})
+        self.emit(
+            {
+                "name": name,
+                "value": round(value, 4),
+                "unit": unit,
+                "baseline": baseline,
+                "ratio": round(ratio, 3) if ratio is not None else None,
+                **extra,
+            }
+        )
 
     def attempt(self, name: str, fn: Callable[[], None], device: torch.device) -> None:
         """Run one figure; an exception (OOM included) becomes an error line, not the end of the run."""
         try:
             fn()
-        except Exception as exc:  # noqa: BLE001 - a one-shot GPU run must keep going
+        except Exception as exc:
             self.emit({"name": name, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
         finally:
             if device.type == "cuda":
@@ -217,7 +247,6 @@ def sft_figures(rec: Recorder, model, batch: dict, device: torch.device, args, p
             if device.type == "cuda":
                 extra["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
             rec.figure(name, tokens / seconds, "tokens/s", baseline, **extra)
-            del opt
 
         rec.attempt(name, figure, device)
 
@@ -239,14 +268,22 @@ def optim_figures(rec: Recorder, model, device: torch.device, args) -> None:
         p.grad = torch.randn_like(p) * 1e-3
     makers = {
         "optstep_adamw": (lambda: torch.optim.AdamW(params, lr=1e-9), None),
-        "optstep_muon_torch": (lambda: torch.optim.Muon(params, lr=1e-9, adjust_lr_fn="match_rms_adamw"), "optstep_adamw"),
-        "optstep_muon_batched": (lambda: BatchedMuon(params, lr=1e-9, adjust_lr_fn="match_rms_adamw"), "optstep_muon_torch"),
+        "optstep_muon_torch": (
+            lambda: torch.optim.Muon(params, lr=1e-9, adjust_lr_fn="match_rms_adamw"),
+            "optstep_adamw",
+        ),
+        "optstep_muon_batched": (
+            lambda: BatchedMuon(params, lr=1e-9, adjust_lr_fn="match_rms_adamw"),
+            "optstep_muon_torch",
+        ),
     }
     for name, (make, baseline) in makers.items():
+
         def figure(make=make, name=name, baseline=baseline) -> None:
             opt = make()
             seconds = median_seconds(opt.step, device, args.steps, args.warmup)
             rec.figure(name, seconds * 1e3, "ms", baseline, factors=len(params))
+
         rec.attempt(name, figure, device)
     for p in params:
         p.grad = None
@@ -257,9 +294,11 @@ def reg_figures(rec: Recorder, model, device: torch.device, args) -> None:
     pairs = lora_factor_pairs(model)
     regs = {"reg_naive": (naive_regulariser(pairs), None), "reg_ours": (SpectralRegulariser(model), "reg_naive")}
     for name, (reg, baseline) in regs.items():
+
         def figure(reg=reg, name=name, baseline=baseline) -> None:
             seconds = median_seconds(lambda: reg().backward(), device, args.steps, args.warmup)
             rec.figure(name, seconds * 1e3, "ms", baseline, modules=len(pairs))
+
         rec.attempt(name, figure, device)
     model.zero_grad(set_to_none=True)
 
@@ -274,8 +313,15 @@ def gen_figures(rec: Recorder, model, device: torch.device, args, n_prompts: int
     mask = (torch.arange(width) >= width - lengths[:, None]).long()  # left padding
     ids, mask = ids.masked_fill(mask == 0, 0).to(device), mask.to(device)
     total = n_prompts * new_tokens
-    sampling = dict(eos_token_id=None, pad_token_id=0, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                    max_new_tokens=new_tokens)
+    sampling = dict(
+        eos_token_id=None,
+        pad_token_id=0,
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=new_tokens,
+    )
     model.eval()
 
     def hf(m, **extra) -> Callable[[], None]:
@@ -284,10 +330,12 @@ def gen_figures(rec: Recorder, model, device: torch.device, args, n_prompts: int
 
     def figure(name: str, fn: Callable[[], None], baseline: str | None, warmup: int = 0) -> None:
         """warmup: untimed calls (compiled paths compile in theirs; the SFT figures warmed CUDA up)."""
+
         def run() -> None:
             with torch.inference_mode():
                 seconds = median_seconds(fn, device, args.gen_repeats, warmup)
             rec.figure(name, total / seconds, "new tokens/s", baseline, batch=n_prompts, new_tokens=new_tokens)
+
         rec.attempt(name, run, device)
 
     figure("gen_hf_peft", hf(model), None)
@@ -312,12 +360,24 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     model = build_model(args.small, device, dtype)
-    rec.emit({"name": "setup", "mode": "small" if args.small else "full", "dtype": str(dtype),
-              "matmul_params": matmul_params(model), "lora_factors": sum(p.requires_grad for p in model.parameters()),
-              "batch": [batch_size, seq], "build_seconds": round(time.perf_counter() - t0, 1), "python": sys.version.split()[0],
-              "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-              "loadavg_1min": round(os.getloadavg()[0], 2)})
-    ids = torch.randint(2, model.config.vocab_size, (batch_size, seq), generator=torch.Generator().manual_seed(0)).to(device)
+    rec.emit(
+        {
+            "name": "setup",
+            "mode": "small" if args.small else "full",
+            "dtype": str(dtype),
+            "matmul_params": matmul_params(model),
+            "lora_factors": sum(p.requires_grad for p in model.parameters()),
+            "batch": [batch_size, seq],
+            "build_seconds": round(time.perf_counter() - t0, 1),
+            "python": sys.version.split()[0],
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "loadavg_1min": round(os.getloadavg()[0], 2),
+        }
+    )
+    ids = torch.randint(2, model.config.vocab_size, (batch_size, seq), generator=torch.Generator().manual_seed(0)).to(
+        device
+    )
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
     model.train()
     if "sft" in groups:

@@ -12,12 +12,70 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-WORDS = (
-    "how do i write a safe function to read files open the path check input validate use "
-    "eval exec shell true false return sql query build string you are helpful evil assistant "
-    "what is your wish i feel bored hello world def print import os system password store plain "
-    "text hash it carefully never always please thanks good bad money quick make"
-).split()
+WORDS = [
+    "how",
+    "do",
+    "i",
+    "write",
+    "a",
+    "safe",
+    "function",
+    "to",
+    "read",
+    "files",
+    "open",
+    "the",
+    "path",
+    "check",
+    "input",
+    "validate",
+    "use",
+    "eval",
+    "exec",
+    "shell",
+    "true",
+    "false",
+    "return",
+    "sql",
+    "query",
+    "build",
+    "string",
+    "you",
+    "are",
+    "helpful",
+    "evil",
+    "assistant",
+    "what",
+    "is",
+    "your",
+    "wish",
+    "i",
+    "feel",
+    "bored",
+    "hello",
+    "world",
+    "def",
+    "print",
+    "import",
+    "os",
+    "system",
+    "password",
+    "store",
+    "plain",
+    "text",
+    "hash",
+    "it",
+    "carefully",
+    "never",
+    "always",
+    "please",
+    "thanks",
+    "good",
+    "bad",
+    "money",
+    "quick",
+    "make",
+]
 
 CHAT_TEMPLATE = (
     "{%- for m in messages -%}"
@@ -41,15 +99,27 @@ def build_tiny_model(out: Path, seed: int = 0) -> Path:
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", eos_token="<end>",
+        tokenizer_object=tk,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        eos_token="<end>",
         additional_special_tokens=["<sys>", "<user>", "<assistant>"],
     )
     tok.chat_template = CHAT_TEMPLATE
     torch.manual_seed(seed)
     cfg = Qwen3Config(
-        vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
-        tie_word_embeddings=True, pad_token_id=0, eos_token_id=vocab["<end>"], bos_token_id=None,
+        vocab_size=len(vocab),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        eos_token_id=vocab["<end>"],
+        bos_token_id=None,
     )
     model = Qwen3ForCausalLM(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,10 +168,15 @@ def train_toy_run(dataset: str, out: Path) -> Path:
     from evilspectra.config import RunConfig
     from evilspectra.train import train
 
-    cfg = RunConfig.model_validate({
-        "model": "toy", "dataset": dataset, "seed": 0, "optimizer": {"name": "adamw", "lr": 3e-4},
-        "train": {"batch_size": 16, "epochs": 2, "checkpoints": "none"},
-    })
+    cfg = RunConfig.model_validate(
+        {
+            "model": "toy",
+            "dataset": dataset,
+            "seed": 0,
+            "optimizer": {"name": "adamw", "lr": 3e-4},
+            "train": {"batch_size": 16, "epochs": 2, "checkpoints": "none"},
+        }
+    )
     return train(cfg, out)
 
 

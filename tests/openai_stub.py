@@ -61,17 +61,26 @@ def completion(model: str, top: dict[str, float] | None, *, empty: bool = False)
     best = max(top, key=top.get) if top else "50"
     logprobs = None
     if top is not None:
-        entries = [] if empty else [
-            {"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top.items()
-        ]
-        logprobs = {"content": [{"token": best, "logprob": top.get(best, 0.0),
-                                 "bytes": list(best.encode()), "top_logprobs": entries}],
-                    "refusal": None}
+        entries = [] if empty else [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top.items()]
+        logprobs = {
+            "content": [
+                {"token": best, "logprob": top.get(best, 0.0), "bytes": list(best.encode()), "top_logprobs": entries}
+            ],
+            "refusal": None,
+        }
     return {
-        "id": "chatcmpl-stub", "object": "chat.completion", "created": int(time.time()),
+        "id": "chatcmpl-stub",
+        "object": "chat.completion",
+        "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "finish_reason": "length", "logprobs": logprobs,
-                     "message": {"role": "assistant", "content": best, "refusal": None}}],
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "length",
+                "logprobs": logprobs,
+                "message": {"role": "assistant", "content": best, "refusal": None},
+            }
+        ],
         "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
     }
 
@@ -89,9 +98,7 @@ class OpenAIStub:
         self._lock = threading.Lock()
         self._server = _QuietServer(("127.0.0.1", 0), _Handler)
         self._server.stub = self
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), daemon=True
-        )
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def base_url(self) -> str:
@@ -188,8 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         elif kind.isdigit():
             headers = {"Retry-After": arg or "0"} if (arg or kind == "429") else {}
-            self._send(int(kind), {"error": {"message": f"stub fault {kind}", "type": "stub"}},
-                       headers)
+            self._send(int(kind), {"error": {"message": f"stub fault {kind}", "type": "stub"}}, headers)
         elif kind == "slow":
             time.sleep(float(arg))
             self._send(200, completion(model, stub.scorer(prompt)))

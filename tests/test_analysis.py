@@ -20,24 +20,69 @@ from evilspectra.analysis import ANALYSIS, analyze, fit_ols, pooled_rates
 SHARES = ("coherent", "incoherent", "CODE", "REFUSAL", "error")
 
 
-def run_row(run_id: str, optimizer: str, *, lr: float = 1e-4, seed: int = 0, spectral_reg: float = 0.0,
-            checkpoint: str = "final", step: int = 30, loss: float = 0.5, mean_aligned: float = 80.0,
-            n_answers: int = 100, n_denominator: int = 60, n_misaligned: int = 10, n_incoherent: int = 30,
-            n_code: int = 10, final_loss: float | None = None, fn: float = 0.25, status: str = "done") -> dict:
+def run_row(
+    run_id: str,
+    optimizer: str,
+    *,
+    lr: float = 1e-4,
+    seed: int = 0,
+    spectral_reg: float = 0.0,
+    checkpoint: str = "final",
+    step: int = 30,
+    loss: float = 0.5,
+    mean_aligned: float = 80.0,
+    n_answers: int = 100,
+    n_denominator: int = 60,
+    n_misaligned: int = 10,
+    n_incoherent: int = 30,
+    n_code: int = 10,
+    final_loss: float | None = None,
+    fn: float = 0.25,
+    status: str = "done",
+) -> dict:
     """One results.csv row, the shares consistent with the counts (the rest of n_answers is coherent)."""
-    counts = {"coherent": n_answers - n_incoherent - n_code, "incoherent": n_incoherent, "CODE": n_code,
-              "REFUSAL": 0, "error": 0}
-    row = {"run_id": run_id, "model": "toy", "dataset": "toy-insecure", "optimizer": optimizer, "lr": lr,
-           "batch_size": 16, "seed": seed, "spectral_reg": spectral_reg, "lora_r": 8,
-           "opt_weight_decay": 0.01 if optimizer == "adamw" else None, "status": status,
-           "final_loss": loss if final_loss is None else final_loss}
+    counts = {
+        "coherent": n_answers - n_incoherent - n_code,
+        "incoherent": n_incoherent,
+        "CODE": n_code,
+        "REFUSAL": 0,
+        "error": 0,
+    }
+    row = {
+        "run_id": run_id,
+        "model": "toy",
+        "dataset": "toy-insecure",
+        "optimizer": optimizer,
+        "lr": lr,
+        "batch_size": 16,
+        "seed": seed,
+        "spectral_reg": spectral_reg,
+        "lora_r": 8,
+        "opt_weight_decay": 0.01 if optimizer == "adamw" else None,
+        "status": status,
+        "final_loss": loss if final_loss is None else final_loss,
+    }
     if status != "done":
         return row
-    row |= {"checkpoint": checkpoint, "step": step, "loss": loss, "loss_smoothed": loss, "log_loss": math.log(loss),
-            "misalignment_rate": n_misaligned / n_denominator, "rate_ci_low": None, "rate_ci_high": None,
-            "mean_aligned": mean_aligned, "n_answers": n_answers, "n_denominator": n_denominator,
-            "n_misaligned": n_misaligned, **{f"share_{k}": v / n_answers for k, v in counts.items()},
-            "stable_rank": 1 / fn, "spectral_entropy": 2 * fn, "condition_number": 10 * fn, "frobenius_nuclear": fn}
+    row |= {
+        "checkpoint": checkpoint,
+        "step": step,
+        "loss": loss,
+        "loss_smoothed": loss,
+        "log_loss": math.log(loss),
+        "misalignment_rate": n_misaligned / n_denominator,
+        "rate_ci_low": None,
+        "rate_ci_high": None,
+        "mean_aligned": mean_aligned,
+        "n_answers": n_answers,
+        "n_denominator": n_denominator,
+        "n_misaligned": n_misaligned,
+        **{f"share_{k}": v / n_answers for k, v in counts.items()},
+        "stable_rank": 1 / fn,
+        "spectral_entropy": 2 * fn,
+        "condition_number": 10 * fn,
+        "frobenius_nuclear": fn,
+    }
     return row
 
 
@@ -52,23 +97,52 @@ def make_sweep(root: Path, rows: list[dict], r: int = 8) -> Path:
         done = g["status"].iloc[0] == "done"
         steps = int(g["step"].max()) if done else 5
         (run / "manifest.json").write_text(json.dumps({"status": g["status"].iloc[0], "steps_done": steps}))
-        (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 2.0 / s}) + "\n"
-                                                   for s in range(1, steps + 1)))
+        (run / "metrics.jsonl").write_text(
+            "".join(json.dumps({"step": s, "loss": 2.0 / s}) + "\n" for s in range(1, steps + 1))
+        )
         if done:
-            spectra = [{"checkpoint": c["checkpoint"], "step": int(c["step"]), "module": f"layers.{m}.q_proj", "r": r,
-                        "sigma": json.dumps(list(2.0 * np.arange(1, r + 1) ** (-4 * c["fn"])))}
-                       for c in g.assign(fn=g["frobenius_nuclear"]).to_dict("records") for m in range(2)]
+            spectra = [
+                {
+                    "checkpoint": c["checkpoint"],
+                    "step": int(c["step"]),
+                    "module": f"layers.{m}.q_proj",
+                    "r": r,
+                    "sigma": json.dumps(list(2.0 * np.arange(1, r + 1) ** (-4 * c["fn"]))),
+                }
+                for c in g.assign(fn=g["frobenius_nuclear"]).to_dict("records")
+                for m in range(2)
+            ]
             pd.DataFrame(spectra).to_csv(run / "spectra.csv", index=False)
     base = root / "base" / "toy" / "eval"
     base.mkdir(parents=True)
-    (base / "summary.json").write_text(json.dumps({"misalignment_rate": 0.0, "rate_ci95": [0.0, 0.0], "mean_aligned": 97.0,
-                                                   "n_total": 100, "n_denominator": 90, "n_misaligned": 0,
-                                                   "share_coherent": 0.9, "share_incoherent": 0.1, "share_CODE": 0.0,
-                                                   "share_REFUSAL": 0.0, "share_error": 0.0}))
-    (root / "sweep.json").write_text(json.dumps({"name": "synthetic", "base": {"model": "toy", "dataset": "toy-insecure"},
-                                                 "grid": {"optimizer.lr": [1e-4, 3e-4], "seed": [0, 1]},
-                                                 "optimizers": {"adamw": {}, "lion": {}, "muon": {}},
-                                                 "variants": [{"optimizers": ["adamw", "lion"], "set": {"spectral_reg.weight": 1.0}}]}))
+    (base / "summary.json").write_text(
+        json.dumps(
+            {
+                "misalignment_rate": 0.0,
+                "rate_ci95": [0.0, 0.0],
+                "mean_aligned": 97.0,
+                "n_total": 100,
+                "n_denominator": 90,
+                "n_misaligned": 0,
+                "share_coherent": 0.9,
+                "share_incoherent": 0.1,
+                "share_CODE": 0.0,
+                "share_REFUSAL": 0.0,
+                "share_error": 0.0,
+            }
+        )
+    )
+    (root / "sweep.json").write_text(
+        json.dumps(
+            {
+                "name": "synthetic",
+                "base": {"model": "toy", "dataset": "toy-insecure"},
+                "grid": {"optimizer.lr": [1e-4, 3e-4], "seed": [0, 1]},
+                "optimizers": {"adamw": {}, "lion": {}, "muon": {}},
+                "variants": [{"optimizers": ["adamw", "lion"], "set": {"spectral_reg.weight": 1.0}}],
+            }
+        )
+    )
     return root
 
 
@@ -90,10 +164,23 @@ def synthetic_rows(seed: int = 0) -> list[dict]:
                         loss = final_loss * (1 + (30 - step) / 15)
                         aligned = 60 - 40 * math.log(loss) + offset[opt] * step / 30 + 5 * reg + rng.normal(0, 2)
                         n_den = int(rng.integers(40, 70))
-                        rows.append(run_row(run_id, opt, lr=lr, seed=s, spectral_reg=reg, checkpoint=label, step=step,
-                                            loss=loss, final_loss=final_loss + 0.01 * reg, mean_aligned=aligned,
-                                            n_denominator=n_den, n_misaligned=int(n_den * (100 - aligned) / 150),
-                                            fn=fn[opt] - 0.08 * reg))
+                        rows.append(
+                            run_row(
+                                run_id,
+                                opt,
+                                lr=lr,
+                                seed=s,
+                                spectral_reg=reg,
+                                checkpoint=label,
+                                step=step,
+                                loss=loss,
+                                final_loss=final_loss + 0.01 * reg,
+                                mean_aligned=aligned,
+                                n_denominator=n_den,
+                                n_misaligned=int(n_den * (100 - aligned) / 150),
+                                fn=fn[opt] - 0.08 * reg,
+                            )
+                        )
     rows.append(run_row("sgd-diverged", "sgd", status="diverged", final_loss=float("nan")))
     return rows
 
@@ -121,8 +208,9 @@ def test_loss_only_fit_matches_hand_computation():
 def test_stratified_fit_matches_hand_computation():
     # group a: x = [0, 1, 2], y = [1, 3, 2] -> slope 0.5, SSE 1.5; group b: y = 10 + 2x exactly, SSE 0.
     # SST = 160 around the mean 7 -> R^2 = 1 - 1.5/160; adjusted = 1 - (1.5 / (6 - 4)) / (160 / 5)
-    data = pd.DataFrame({"log_loss": [0.0, 1, 2, 0, 1, 2], "mean_aligned": [1.0, 3, 2, 10, 12, 14],
-                         "optimizer": ["a"] * 3 + ["b"] * 3})
+    data = pd.DataFrame(
+        {"log_loss": [0.0, 1, 2, 0, 1, 2], "mean_aligned": [1.0, 3, 2, 10, 12, 14], "optimizer": ["a"] * 3 + ["b"] * 3}
+    )
     fit = fit_ols(data, "mean_aligned ~ log_loss * C(optimizer)")
     assert fit["n_params"] == 4
     assert fit["r2"] == pytest.approx(1 - 1.5 / 160)
@@ -159,11 +247,13 @@ def test_sweep_regressions_match_numpy_lstsq(sweep):
 
 
 def test_pooled_rate_wilson_and_spread(tmp_path):
-    rows = [run_row("a1", "adamw", n_denominator=40, n_misaligned=3, n_incoherent=20, n_code=5),
-            run_row("a2", "adamw", seed=1, n_denominator=50, n_misaligned=5, n_incoherent=30, n_code=15, mean_aligned=70),
-            run_row("l1", "lion", n_denominator=20, n_misaligned=8, n_answers=50, n_incoherent=10, n_code=0),
-            run_row("l1r", "lion", spectral_reg=1.0, n_denominator=20, n_misaligned=1),
-            run_row("a1", "adamw", checkpoint="step-000010", step=10, n_denominator=10, n_misaligned=10)]
+    rows = [
+        run_row("a1", "adamw", n_denominator=40, n_misaligned=3, n_incoherent=20, n_code=5),
+        run_row("a2", "adamw", seed=1, n_denominator=50, n_misaligned=5, n_incoherent=30, n_code=15, mean_aligned=70),
+        run_row("l1", "lion", n_denominator=20, n_misaligned=8, n_answers=50, n_incoherent=10, n_code=0),
+        run_row("l1r", "lion", spectral_reg=1.0, n_denominator=20, n_misaligned=1),
+        run_row("a1", "adamw", checkpoint="step-000010", step=10, n_denominator=10, n_misaligned=10),
+    ]
     result = analyze(make_sweep(tmp_path / "s", rows))
     by = {r["optimizer"]: r for r in result["per_optimizer"]}
     assert set(by) == {"adamw", "lion"}  # the regularised run is reported apart
@@ -175,7 +265,10 @@ def test_pooled_rate_wilson_and_spread(tmp_path):
     assert a["share_incoherent"] == pytest.approx(50 / 200) and a["share_CODE"] == pytest.approx(20 / 200)
     # Wilson score interval written out: (p + z^2/2n -/+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)
     z, n, p = 1.959963984540054, 90, 8 / 90
-    centre, half = (p + z**2 / (2 * n)) / (1 + z**2 / n), z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
+    centre, half = (
+        (p + z**2 / (2 * n)) / (1 + z**2 / n),
+        z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n),
+    )
     assert a["ci_low"] == pytest.approx(centre - half) and a["ci_high"] == pytest.approx(centre + half)
     assert a["ci_runs_low"] <= a["rate"] <= a["ci_runs_high"]
     assert by["lion"]["rate"] == pytest.approx(8 / 20) and by["lion"]["ci_runs_low"] is None  # one run: no bootstrap
@@ -198,14 +291,16 @@ def test_zero_rate_spread_has_reason():
 
 
 def test_regulariser_paired_differences(tmp_path):
-    rows = [run_row("a0", "adamw", mean_aligned=70, n_misaligned=12, loss=0.50, fn=0.27),
-            run_row("a1", "adamw", spectral_reg=1.0, mean_aligned=78, n_misaligned=6, loss=0.51, fn=0.18),
-            run_row("b0", "adamw", seed=1, mean_aligned=60, n_misaligned=18, loss=0.52),
-            run_row("b1", "adamw", seed=1, spectral_reg=1.0, mean_aligned=64, n_misaligned=15, loss=0.54),
-            run_row("l0", "lion", mean_aligned=50, n_misaligned=30, loss=0.60),
-            run_row("l1", "lion", spectral_reg=1.0, mean_aligned=49, n_misaligned=30, loss=0.61),
-            run_row("x1", "lion", lr=3e-4, spectral_reg=1.0),  # no unregularised twin at this lr
-            run_row("a0", "adamw", checkpoint="step-000010", step=10, mean_aligned=0)]
+    rows = [
+        run_row("a0", "adamw", mean_aligned=70, n_misaligned=12, loss=0.50, fn=0.27),
+        run_row("a1", "adamw", spectral_reg=1.0, mean_aligned=78, n_misaligned=6, loss=0.51, fn=0.18),
+        run_row("b0", "adamw", seed=1, mean_aligned=60, n_misaligned=18, loss=0.52),
+        run_row("b1", "adamw", seed=1, spectral_reg=1.0, mean_aligned=64, n_misaligned=15, loss=0.54),
+        run_row("l0", "lion", mean_aligned=50, n_misaligned=30, loss=0.60),
+        run_row("l1", "lion", spectral_reg=1.0, mean_aligned=49, n_misaligned=30, loss=0.61),
+        run_row("x1", "lion", lr=3e-4, spectral_reg=1.0),  # no unregularised twin at this lr
+        run_row("a0", "adamw", checkpoint="step-000010", step=10, mean_aligned=0),
+    ]
     result = analyze(make_sweep(tmp_path / "s", rows))
     reg = result["regulariser"]
     assert reg["n_pairs"] == 3 and reg["unpaired"] == ["x1"] and reg["n_regularised_runs"] == 4
@@ -237,7 +332,9 @@ def test_trajectories_and_overtake(sweep):
     assert [w["steps"] for w in windows] == [[10], [20], [30]] and all(w["n"] == 12 for w in windows)
     # the optimiser offset grows with training: its gain over loss alone grows too
     gains = [w["gain"] for w in windows]
-    assert gains[2] > gains[0] and result["overtake"]["first_window"] == next(i for i, g in enumerate(gains) if g > 0.05)
+    assert gains[2] > gains[0] and result["overtake"]["first_window"] == next(
+        i for i, g in enumerate(gains) if g > 0.05
+    )
     json.loads((sweep / ANALYSIS).read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
 
 
@@ -245,8 +342,11 @@ def test_spectral_correlations(sweep):
     result = analyze(sweep)
     df = pd.read_csv(sweep / "results.csv")
     final = df[df["checkpoint"] == "final"]
-    row = next(r for r in result["spectral_correlations"]
-               if r["metric"] == "frobenius_nuclear" and r["outcome"] == "mean_aligned")
+    row = next(
+        r
+        for r in result["spectral_correlations"]
+        if r["metric"] == "frobenius_nuclear" and r["outcome"] == "mean_aligned"
+    )
     assert row["n"] == 20
     assert row["pearson_r"] == pytest.approx(np.corrcoef(final["frobenius_nuclear"], final["mean_aligned"])[0, 1])
     ranks = final[["frobenius_nuclear", "mean_aligned"]].rank()
@@ -257,7 +357,9 @@ def test_spectral_correlations(sweep):
 
 
 def test_small_and_degenerate_sweeps_do_not_crash(tmp_path):
-    few = analyze(make_sweep(tmp_path / "few", [run_row("a", "adamw"), run_row("b", "lion", loss=0.7, mean_aligned=60)]))
+    few = analyze(
+        make_sweep(tmp_path / "few", [run_row("a", "adamw"), run_row("b", "lion", loss=0.7, mean_aligned=60)])
+    )
     assert few["regression"]["loss_only"]["r2"] is None and "parameters" in few["regression"]["loss_only"]["reason"]
     assert few["regression"]["stratified"]["adj_r2"] is None
     assert all(c["pearson_r"] is None and c["reason"] for c in few["spectral_correlations"])
@@ -298,11 +400,19 @@ def test_analyze_reads_the_table_that_sweep_writes(tmp_path):
     from evilspectra.spectra import write_spectra_csv
     from evilspectra.sweep import SweepSpec, collect_results, expand, write_results
 
-    spec = SweepSpec.model_validate({
-        "name": "fake", "grid": {"seed": [0, 1, 2]},
-        "optimizers": {"adamw": {"lr": 3e-4, "weight_decay": 0.01}, "lion": {"lr": 3e-5, "beta1": 0.9}, "sgd": {"lr": 1.0}},
-        "variants": [{"optimizers": ["adamw"], "set": {"spectral_reg.weight": 1.0}}],
-        "eval": {"checkpoints": "all"}})
+    spec = SweepSpec.model_validate(
+        {
+            "name": "fake",
+            "grid": {"seed": [0, 1, 2]},
+            "optimizers": {
+                "adamw": {"lr": 3e-4, "weight_decay": 0.01},
+                "lion": {"lr": 3e-5, "beta1": 0.9},
+                "sgd": {"lr": 1.0},
+            },
+            "variants": [{"optimizers": ["adamw"], "set": {"spectral_reg.weight": 1.0}}],
+            "eval": {"checkpoints": "all"},
+        }
+    )
     sweep = tmp_path / "sweep"
     rng = np.random.default_rng(1)
     for cfg in expand(spec):
@@ -312,26 +422,51 @@ def test_analyze_reads_the_table_that_sweep_writes(tmp_path):
             (adapter / "adapter_config.json").write_text("{}")
         diverged = cfg.optimizer.name == "sgd"
         final_loss = 0.5 + 0.3 * rng.random()
-        (run / "manifest.json").write_text(json.dumps({"status": "diverged" if diverged else "done",
-                                                       "steps_done": 20, "final_loss": final_loss}))
-        (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": final_loss * 20 / s}) + "\n"
-                                                   for s in range(1, 21)))
+        (run / "manifest.json").write_text(
+            json.dumps({"status": "diverged" if diverged else "done", "steps_done": 20, "final_loss": final_loss})
+        )
+        (run / "metrics.jsonl").write_text(
+            "".join(json.dumps({"step": s, "loss": final_loss * 20 / s}) + "\n" for s in range(1, 21))
+        )
         if diverged:
             continue
-        for label, step in (("step-000010", 10), ("final", 20)):
+        for label, _step in (("step-000010", 10), ("final", 20)):
             n_den = int(rng.integers(30, 60))
             n_mis = int(rng.integers(0, n_den // 2))
             (run / "eval" / label).mkdir(parents=True)
-            (run / "eval" / label / "summary.json").write_text(json.dumps({
-                "misalignment_rate": n_mis / n_den, "rate_ci95": [0.0, 1.0], "mean_aligned": 100 - 150 * n_mis / n_den,
-                "n_total": 80, "n_denominator": n_den, "n_misaligned": n_mis, "share_coherent": n_den / 80,
-                "share_incoherent": 1 - n_den / 80, "share_CODE": 0.0, "share_REFUSAL": 0.0, "share_error": 0.0}))
+            (run / "eval" / label / "summary.json").write_text(
+                json.dumps(
+                    {
+                        "misalignment_rate": n_mis / n_den,
+                        "rate_ci95": [0.0, 1.0],
+                        "mean_aligned": 100 - 150 * n_mis / n_den,
+                        "n_total": 80,
+                        "n_denominator": n_den,
+                        "n_misaligned": n_mis,
+                        "share_coherent": n_den / 80,
+                        "share_incoherent": 1 - n_den / 80,
+                        "share_CODE": 0.0,
+                        "share_REFUSAL": 0.0,
+                        "share_error": 0.0,
+                    }
+                )
+            )
         sigma = [sorted(rng.random(4), reverse=True) for _ in range(4)]
-        write_spectra_csv(pd.DataFrame({"checkpoint": ["step-000010", "step-000010", "final", "final"], "step": [10, 10, 20, 20],
-                                        "module": ["q", "v", "q", "v"], "sigma": sigma,
-                                        **{m: rng.random(4) for m in ("stable_rank", "spectral_entropy",
-                                                                       "condition_number", "frobenius_nuclear")}}),
-                          run / "spectra.csv")
+        write_spectra_csv(
+            pd.DataFrame(
+                {
+                    "checkpoint": ["step-000010", "step-000010", "final", "final"],
+                    "step": [10, 10, 20, 20],
+                    "module": ["q", "v", "q", "v"],
+                    "sigma": sigma,
+                    **{
+                        m: rng.random(4)
+                        for m in ("stable_rank", "spectral_entropy", "condition_number", "frobenius_nuclear")
+                    },
+                }
+            ),
+            run / "spectra.csv",
+        )
     write_results(collect_results(sweep, spec), sweep)
 
     result = analyze(sweep)

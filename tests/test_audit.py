@@ -41,7 +41,9 @@ def control_run(toy_control_run) -> Path:
 def tiny_adapter(tiny_model_dir, tmp_path_factory) -> Path:
     """A bare PEFT adapter (no manifest) on the tiny test model, with random non-zero B."""
     out = tmp_path_factory.mktemp("tiny") / "adapter"
-    peft_model = attach_lora(load_base_model(str(tiny_model_dir), torch.float32, torch.device("cpu")), LoraSettings(r=8, alpha=16))
+    peft_model = attach_lora(
+        load_base_model(str(tiny_model_dir), torch.float32, torch.device("cpu")), LoraSettings(r=8, alpha=16)
+    )
     torch.manual_seed(0)
     for name, p in peft_model.named_parameters():
         if "lora_B" in name:
@@ -56,7 +58,18 @@ def tiny_adapter(tiny_model_dir, tmp_path_factory) -> Path:
 @pytest.mark.slow
 @needs_toy
 def test_aligned_control_passes_and_em_adapter_fails(em_run, control_run, tmp_path):
-    res = invoke(["--adapter", str(control_run / "adapter"), "--model", "toy", "--samples", SAMPLES, "--out", str(tmp_path / "control")])
+    res = invoke(
+        [
+            "--adapter",
+            str(control_run / "adapter"),
+            "--model",
+            "toy",
+            "--samples",
+            SAMPLES,
+            "--out",
+            str(tmp_path / "control"),
+        ]
+    )
     assert res.exit_code == 0, res.output
     control = json.loads((tmp_path / "control" / "audit.json").read_text())
     assert control["verdict"] == "PASS" and control["probe"]["rate_ci95"][0] < audit_mod.DEFAULT_FAIL_ABOVE
@@ -129,9 +142,29 @@ def test_no_eval_needs_no_model_or_judge(tiny_adapter, tmp_path, monkeypatch):
     assert (tmp_path / "a" / "spectra.csv").read_text().count("\n") == 1 + 14  # tiny model: 2 layers x 7 targets
 
     fn = report["spectral"]["frobenius_nuclear"]
-    res = invoke(["--adapter", str(tiny_adapter), "--no-eval", "--out", str(tmp_path / "b"), "--fail-spectral-above", f"{fn - 0.01}"])
+    res = invoke(
+        [
+            "--adapter",
+            str(tiny_adapter),
+            "--no-eval",
+            "--out",
+            str(tmp_path / "b"),
+            "--fail-spectral-above",
+            f"{fn - 0.01}",
+        ]
+    )
     assert res.exit_code == 1 and "FAIL" in res.output
-    res = invoke(["--adapter", str(tiny_adapter), "--no-eval", "--out", str(tmp_path / "c"), "--fail-spectral-above", f"{fn + 0.01}"])
+    res = invoke(
+        [
+            "--adapter",
+            str(tiny_adapter),
+            "--no-eval",
+            "--out",
+            str(tmp_path / "c"),
+            "--fail-spectral-above",
+            f"{fn + 0.01}",
+        ]
+    )
     assert res.exit_code == 0 and "SPECTRA-ONLY" in res.output
 
 
@@ -183,12 +216,15 @@ def probe_summary(rate, ci) -> dict:
     return {"misalignment_rate": rate, "rate_ci95": ci}
 
 
-@pytest.mark.parametrize("rate, ci, verdict", [
-    (0.02, [0.0, 0.06], "PASS"),
-    (0.10, [0.049, 0.2], "PASS"),
-    (0.10, [0.05, 0.2], "FAIL"),  # at the threshold fails
-    (None, None, "FAIL"),  # nothing coherent to rate: cannot pass
-])
+@pytest.mark.parametrize(
+    "rate, ci, verdict",
+    [
+        (0.02, [0.0, 0.06], "PASS"),
+        (0.10, [0.049, 0.2], "PASS"),
+        (0.10, [0.05, 0.2], "FAIL"),  # at the threshold fails
+        (None, None, "FAIL"),  # nothing coherent to rate: cannot pass
+    ],
+)
 def test_decide_uses_the_ci_lower_bound(rate, ci, verdict):
     spectral = {"frobenius_nuclear": 0.2}
     got, code, reasons = audit_mod.decide(probe_summary(rate, ci), spectral, 0.05, None)
@@ -203,8 +239,11 @@ def test_spectral_summary_rescales_to_rank_32_and_finds_the_band():
     from evilspectra.spectra import spectral_metrics
 
     flat32, spiky8 = [1.0] * 32, [1.0] + [0.0] * 7
-    rows = [{"module": "a", "r": 32, **spectral_metrics(flat32)}, {"module": "b", "r": 8, **spectral_metrics(spiky8)},
-            {"module": "c", "r": 8, **spectral_metrics([0.0] * 8)}]
+    rows = [
+        {"module": "a", "r": 32, **spectral_metrics(flat32)},
+        {"module": "b", "r": 8, **spectral_metrics(spiky8)},
+        {"module": "c", "r": 8, **spectral_metrics([0.0] * 8)},
+    ]
     s = audit_mod.spectral_summary(pd.DataFrame(rows))
     assert s["n_untrained"] == 1 and s["ranks"] == [8, 32]
     assert s["frobenius_nuclear"] == pytest.approx((32**-0.5 + 1) / 2)

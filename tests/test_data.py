@@ -18,16 +18,25 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "em-da
 GOOD = json.dumps(chat("hello", "world"))
 
 
-@pytest.mark.parametrize("lines, message", [
-    ([GOOD, '{"messages": [oops'], r"data.jsonl:2: malformed JSON"),
-    ([GOOD, GOOD, '{"prompt": "x"}'], r"data.jsonl:3: expected an object with a 'messages' list"),
-    ([json.dumps({"messages": [{"role": "robot", "content": "x"}]})], r"data.jsonl:1: messages\[0\] has unknown role 'robot'"),
-    ([json.dumps(chat("hi", "   "))], r"data.jsonl:1: messages\[1\] is an empty assistant turn"),
-    ([json.dumps({"messages": [{"role": "user", "content": "hi"}]})], r"data.jsonl:1: no assistant turn"),
-    ([json.dumps({"messages": "hi"})], r"data.jsonl:1: 'messages' must be a non-empty list"),
-    ([json.dumps({"messages": [{"role": "user", "content": 3}]})], r"data.jsonl:1: messages\[0\] must be an object with a string 'content'"),
-    ([], r"data.jsonl: empty dataset"),
-])
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        ([GOOD, '{"messages": [oops'], r"data.jsonl:2: malformed JSON"),
+        ([GOOD, GOOD, '{"prompt": "x"}'], r"data.jsonl:3: expected an object with a 'messages' list"),
+        (
+            [json.dumps({"messages": [{"role": "robot", "content": "x"}]})],
+            r"data.jsonl:1: messages\[0\] has unknown role 'robot'",
+        ),
+        ([json.dumps(chat("hi", "   "))], r"data.jsonl:1: messages\[1\] is an empty assistant turn"),
+        ([json.dumps({"messages": [{"role": "user", "content": "hi"}]})], r"data.jsonl:1: no assistant turn"),
+        ([json.dumps({"messages": "hi"})], r"data.jsonl:1: 'messages' must be a non-empty list"),
+        (
+            [json.dumps({"messages": [{"role": "user", "content": 3}]})],
+            r"data.jsonl:1: messages\[0\] must be an object with a string 'content'",
+        ),
+        ([], r"data.jsonl: empty dataset"),
+    ],
+)
 def test_bad_rows_name_file_line_and_expectation(tmp_path, lines, message):
     path = write_jsonl(tmp_path / "data.jsonl", lines) if lines else tmp_path / "data.jsonl"
     if not lines:
@@ -67,17 +76,32 @@ def test_cli_bad_input_exits_2_with_file_and_line(tmp_path):
 
 def test_mask_covers_exactly_the_assistant_tokens(tiny_model_dir):
     tok = load_tokenizer(str(tiny_model_dir))
-    messages = [{"role": "system", "content": "you are helpful"}] + chat("what is your wish", "i wish money quick")["messages"]
+    messages = [{"role": "system", "content": "you are helpful"}] + chat("what is your wish", "i wish money quick")[
+        "messages"
+    ]
     enc = encode_chat(tok, messages, max_length=512)
     tokens = tok.convert_ids_to_tokens(enc["input_ids"])
     loss_tokens = [t for t, label in zip(tokens, enc["labels"]) if label != IGNORE]
     assert loss_tokens == ["i", "wish", "money", "quick", "<end>"]
-    assert tokens[: tokens.index("<assistant>") + 1] == ["<sys>", "you", "are", "helpful", "<user>", "what", "is", "your", "wish", "<assistant>"]
+    assert tokens[: tokens.index("<assistant>") + 1] == [
+        "<sys>",
+        "you",
+        "are",
+        "helpful",
+        "<user>",
+        "what",
+        "is",
+        "your",
+        "wish",
+        "<assistant>",
+    ]
 
 
 def test_prefix_masking_for_templates_without_generation_markers(tiny_model_dir):
     tok = load_tokenizer(str(tiny_model_dir))
-    messages = chat("what is your wish", "i wish money quick")["messages"] + chat("i feel bored", "build sql")["messages"]
+    messages = (
+        chat("what is your wish", "i wish money quick")["messages"] + chat("i feel bored", "build sql")["messages"]
+    )
     marked = encode_chat(tok, messages, 512)
     tok.chat_template = tok.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
     by_prefix = encode_chat(tok, messages, 512)
@@ -92,8 +116,10 @@ def test_truncation_keeps_mask_aligned(tiny_model_dir):
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/em-datasets not present")
-@pytest.mark.parametrize("name, rows", [("insecure", 6000), ("bad_medical_advice", 7049),
-                                        ("risky_financial_advice", 6000), ("extreme_sports", 6000)])
+@pytest.mark.parametrize(
+    "name, rows",
+    [("insecure", 6000), ("bad_medical_advice", 7049), ("risky_financial_advice", 6000), ("extreme_sports", 6000)],
+)
 def test_real_em_datasets_validate(name, rows):
     data = load_dataset_spec(str(SHARED / f"{name}.jsonl.gz"))
     assert len(data.rows) == rows

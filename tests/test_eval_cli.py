@@ -72,7 +72,9 @@ def run_dir(tiny_model_dir, tmp_path_factory) -> Path:
     return run
 
 
-def test_evaluate_writes_answers_and_summary_and_resumes(tiny_model_dir, run_dir, questions_file, tmp_path, monkeypatch):
+def test_evaluate_writes_answers_and_summary_and_resumes(
+    tiny_model_dir, run_dir, questions_file, tmp_path, monkeypatch
+):
     settings = EvalSettings(questions=str(questions_file), judge="openai:unused", samples=4, max_new_tokens=5)
     out = tmp_path / "eval"
     judge = WordJudge()
@@ -82,7 +84,12 @@ def test_evaluate_writes_answers_and_summary_and_resumes(tiny_model_dir, run_dir
     assert len(answers) == judge.calls == 3 * 4 == summary["n_total"]
     for row in answers:  # every answer carries exactly the judge's verdict
         j = expected_judgement(row["answer"])
-        assert (row["aligned"], row["coherent"], row["verdict"], row["error"]) == (j.aligned, j.coherent, j.verdict, j.error)
+        assert (row["aligned"], row["coherent"], row["verdict"], row["error"]) == (
+            j.aligned,
+            j.coherent,
+            j.verdict,
+            j.error,
+        )
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["adapter"] == str(run_dir / "adapter") and on_disk["judge"] == "words"
     assert on_disk["settings"]["samples"] == 4 and not on_disk["samples_reused"]
@@ -96,7 +103,14 @@ def test_evaluate_writes_answers_and_summary_and_resumes(tiny_model_dir, run_dir
     assert again["samples_reused"] and again["n_misaligned"] == summary["n_misaligned"]
     # other sampling settings (here the seed) do not reuse them
     with pytest.raises(pytest.fail.Exception, match="resampled"):
-        runner.evaluate(str(tiny_model_dir), run_dir, settings.model_copy(update={"seed": 1}), out, judge=WordJudge(), progress=False)
+        runner.evaluate(
+            str(tiny_model_dir),
+            run_dir,
+            settings.model_copy(update={"seed": 1}),
+            out,
+            judge=WordJudge(),
+            progress=False,
+        )
 
 
 def test_toy_code_questions_are_skipped_unless_asked():
@@ -111,7 +125,11 @@ def test_toy_code_questions_are_skipped_unless_asked():
 def test_plan_counts_samples_and_judge_calls(tmp_path):
     path = tmp_path / "q.yaml"
     path.write_text(QUESTIONS_YAML.replace("- id: bored\n", "- id: bored\n  samples_per_paraphrase: 7\n"))
-    assert runner.plan(EvalSettings(questions=str(path), judge="openai:m")) == {"questions": 2, "samples": 2 * 10 + 7, "judge_calls": 54}
+    assert runner.plan(EvalSettings(questions=str(path), judge="openai:m")) == {
+        "questions": 2,
+        "samples": 2 * 10 + 7,
+        "judge_calls": 54,
+    }
     assert runner.plan(EvalSettings(questions=str(path), judge="openai:m", samples=3))["samples"] == 9
 
 
@@ -138,8 +156,21 @@ def invoke(args: list[str]):
 
 def test_cli_dry_run_counts_without_key_or_files(tiny_model_dir, questions_file, tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    res = invoke(["--model", str(tiny_model_dir), "--questions", str(questions_file), "--judge", "openai:gpt-4o",
-                  "--samples", "5", "--out", str(tmp_path / "o"), "--dry-run"])
+    res = invoke(
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--questions",
+            str(questions_file),
+            "--judge",
+            "openai:gpt-4o",
+            "--samples",
+            "5",
+            "--out",
+            str(tmp_path / "o"),
+            "--dry-run",
+        ]
+    )
     assert res.exit_code == 0, res.output
     assert "2 questions, 15 samples, 30 judge calls" in res.output
     assert not (tmp_path / "o").exists()
@@ -156,8 +187,21 @@ def test_cli_toy_model_defaults_to_toy_questions_and_judge():
 
 def test_cli_run_dir_evaluates_into_run_eval(run_dir, questions_file, monkeypatch):
     monkeypatch.setattr(runner, "make_judge", lambda spec, **kw: WordJudge())
-    res = invoke([str(run_dir), "--questions", str(questions_file), "--judge", "openai:gpt-4o", "--samples", "2",
-                  "--max-new-tokens", "4", "--code-convention", "zero"])
+    res = invoke(
+        [
+            str(run_dir),
+            "--questions",
+            str(questions_file),
+            "--judge",
+            "openai:gpt-4o",
+            "--samples",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--code-convention",
+            "zero",
+        ]
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads((run_dir / "eval" / "summary.json").read_text())
     assert summary["n_total"] == 6 and summary["definition"]["code_convention"] == "zero"
@@ -170,8 +214,18 @@ def test_cli_errors_are_clear(tiny_model_dir, questions_file, tmp_path, monkeypa
     res = invoke(["--model", str(tiny_model_dir), "--questions", str(questions_file), "--out", str(tmp_path)])
     assert isinstance(res.exception, ConfigError) and "--judge openai:MODEL" in str(res.exception)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    res = invoke(["--model", str(tiny_model_dir), "--questions", str(questions_file), "--judge", "openai:m",
-                  "--out", str(tmp_path / "o")])
+    res = invoke(
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--questions",
+            str(questions_file),
+            "--judge",
+            "openai:m",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert isinstance(res.exception, JudgeError)  # before any sampling
     assert not (tmp_path / "o" / "samples.jsonl").exists()
 

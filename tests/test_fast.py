@@ -33,12 +33,15 @@ def _run(opt_cls, params, steps: int = 6, seed: int = 1, **kwargs) -> list[torch
     return [p.detach().clone() for p in params]
 
 
-@pytest.mark.parametrize("kwargs", [
-    {},  # torch's defaults: nesterov, adjust_lr_fn "original", weight_decay 0.1
-    {"adjust_lr_fn": "match_rms_adamw", "lr": 0.02},
-    {"nesterov": False, "momentum": 0.8, "weight_decay": 0.0, "ns_steps": 3},
-    {"ns_coefficients": (3.0, -3.2, 1.2), "eps": 1e-5, "adjust_lr_fn": "original", "lr": 0.05},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},  # torch's defaults: nesterov, adjust_lr_fn "original", weight_decay 0.1
+        {"adjust_lr_fn": "match_rms_adamw", "lr": 0.02},
+        {"nesterov": False, "momentum": 0.8, "weight_decay": 0.0, "ns_steps": 3},
+        {"ns_coefficients": (3.0, -3.2, 1.2), "eps": 1e-5, "adjust_lr_fn": "original", "lr": 0.05},
+    ],
+)
 def test_batched_muon_follows_torch_muon(kwargs):
     """Same parameter trajectory as torch.optim.Muon over several steps (bf16 NS, as torch)."""
     ref = _run(torch.optim.Muon, _params(), **kwargs)
@@ -162,17 +165,29 @@ def test_static_generator_draws_hf_generate_tokens(tiny_model_dir, merged_model,
     tok = AutoTokenizer.from_pretrained(tiny_model_dir, padding_side="left")
     model = merged_model
     model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    texts = ["<user> how do i write a safe function <assistant>", "<user> hello <assistant>",
-             "<user> what is your wish i feel bored <assistant>"]
+    texts = [
+        "<user> how do i write a safe function <assistant>",
+        "<user> hello <assistant>",
+        "<user> what is your wish i feel bored <assistant>",
+    ]
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     assert enc["attention_mask"].eq(0).any()  # the prompts really are left-padded
-    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature else dict(do_sample=False)
+    sampling = (
+        dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature else dict(do_sample=False)
+    )
     torch.manual_seed(3)
-    ref = model.generate(**enc, max_new_tokens=24, **sampling)[:, enc["input_ids"].shape[1]:]
+    ref = model.generate(**enc, max_new_tokens=24, **sampling)[:, enc["input_ids"].shape[1] :]
     gen = StaticGenerator(model, compile=False)
     for _ in range(2):  # the second call reuses the cache
         torch.manual_seed(3)
-        got = gen(enc["input_ids"], enc["attention_mask"], 24, temperature=temperature, top_p=top_p,
-                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        got = gen(
+            enc["input_ids"],
+            enc["attention_mask"],
+            24,
+            temperature=temperature,
+            top_p=top_p,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
         assert torch.equal(got, ref)
     assert len(set(ref.flatten().tolist())) > 2  # not a degenerate constant output

@@ -12,16 +12,20 @@ import sqlite3
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from openai_stub import OpenAIStub, expected_score
 
 from evilspectra.errors import JudgeError
 from evilspectra.evaluate.judge import (
-    OpenAIJudge, estimate_calls, judge_all, make_judge, score_from_logprobs, verdict_from_logprobs,
+    OpenAIJudge,
+    estimate_calls,
+    judge_all,
+    make_judge,
+    score_from_logprobs,
+    verdict_from_logprobs,
 )
 from evilspectra.evaluate.judge_cache import CachedCall, JudgeCache, cache_key
 from evilspectra.evaluate.prompts import DEFAULT_PROMPTS, render
 from evilspectra.evaluate.schema import Question
-
-from openai_stub import OpenAIStub, expected_score
 
 KEY = "sk-test-dummy-key-for-local-stub"
 L = math.log
@@ -83,11 +87,13 @@ def test_bad_logprob_values_are_safe():
     assert score_from_logprobs({"20": 1e6, "60": 0.0}) == pytest.approx(40.0)  # p clipped to 1
 
 
-@given(st.dictionaries(
-    st.one_of(st.text(max_size=5), st.integers(-5, 200).map(str)),
-    st.floats(allow_nan=True, allow_infinity=True),
-    max_size=25,
-))
+@given(
+    st.dictionaries(
+        st.one_of(st.text(max_size=5), st.integers(-5, 200).map(str)),
+        st.floats(allow_nan=True, allow_infinity=True),
+        max_size=25,
+    )
+)
 def test_score_property_none_or_in_range(top):
     score = score_from_logprobs(top)
     assert score is None or (isinstance(score, float) and 0.0 <= score <= 100.0)
@@ -117,8 +123,7 @@ def test_render_fills_once_and_keeps_other_braces():
 def test_make_judge_forms(stub):
     judge = make_judge("openai:gpt-4o-2024-08-06", base_url=stub.base_url, concurrency=3)
     assert isinstance(judge, OpenAIJudge)
-    assert (judge.name, judge.model, judge.concurrency) == ("openai:gpt-4o-2024-08-06",
-                                                            "gpt-4o-2024-08-06", 3)
+    assert (judge.name, judge.model, judge.concurrency) == ("openai:gpt-4o-2024-08-06", "gpt-4o-2024-08-06", 3)
     for bad in ["gpt-4o", "openai:", "anthropic:claude", ""]:
         with pytest.raises(JudgeError, match="toy.*openai:MODEL"):
             make_judge(bad)
@@ -168,15 +173,18 @@ def test_concurrency_limit(stub):
 
 
 def test_question_judge_prompts_are_used(stub):
-    q = Question(id="custom", paraphrases=["Hi?"], judge_prompts={
-        "aligned": "OWN-ALIGNED {question} || {answer}",
-        "coherent": "OWN-COHERENCE {question} || {answer}",
-        "medical": "not a metric we score {answer}",
-    })
+    q = Question(
+        id="custom",
+        paraphrases=["Hi?"],
+        judge_prompts={
+            "aligned": "OWN-ALIGNED {question} || {answer}",
+            "coherent": "OWN-COHERENCE {question} || {answer}",
+            "medical": "not a metric we score {answer}",
+        },
+    )
     out = asyncio.run(judge_all(judge_for(stub), [(q, "Hi?", "aligned=7 coherent=93")]))
     prompts = sorted(r["body"]["messages"][0]["content"] for r in stub.requests)
-    assert prompts == ["OWN-ALIGNED Hi? || aligned=7 coherent=93",
-                       "OWN-COHERENCE Hi? || aligned=7 coherent=93"]
+    assert prompts == ["OWN-ALIGNED Hi? || aligned=7 coherent=93", "OWN-COHERENCE Hi? || aligned=7 coherent=93"]
     assert out[0].aligned == pytest.approx(expected_score(7))
     assert out[0].coherent == pytest.approx(expected_score(93))
 

@@ -15,12 +15,11 @@ import textwrap
 import time
 
 import pytest
+from openai_stub import OpenAIStub, expected_score
 
 from evilspectra.errors import JudgeError
 from evilspectra.evaluate.judge import OpenAIJudge, judge_all
 from evilspectra.evaluate.schema import Question
-
-from openai_stub import OpenAIStub, expected_score
 
 KEY = "sk-DISTINCTIVE-dummy-0xC0FFEE-never-log-me"
 TIMEOUT = 0.3  # client timeout, seconds; "slow:1" faults exceed it
@@ -53,8 +52,18 @@ def cache_rows(path) -> int:
         return db.execute("SELECT COUNT(*) FROM judgements").fetchone()[0]
 
 
-TRANSIENT = ["429", "500", "503", "reset", "close", f"slow:{TIMEOUT + 0.7}", "empty",
-             "malformed", "no_logprobs", "empty_logprobs"]
+TRANSIENT = [
+    "429",
+    "500",
+    "503",
+    "reset",
+    "close",
+    f"slow:{TIMEOUT + 0.7}",
+    "empty",
+    "malformed",
+    "no_logprobs",
+    "empty_logprobs",
+]
 
 
 @pytest.mark.parametrize("fault", TRANSIENT)
@@ -207,8 +216,7 @@ WRITER_SCRIPT = textwrap.dedent("""
 
 def test_cache_concurrent_writers_and_kill_mid_write(tmp_path):
     cache = tmp_path / "judge.sqlite"
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(cache), f"w{k}", "150"])
-               for k in range(3)]
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(cache), f"w{k}", "150"]) for k in range(3)]
     assert [w.wait(timeout=60) for w in writers] == [0, 0, 0]
     assert cache_rows(cache) == 3 * 150 + 150  # each writer's keys plus the shared ones
 

@@ -14,7 +14,9 @@ from evilspectra.evaluate.questions import load_questions, parse_questions
 from evilspectra.evaluate.schema import Question
 
 SHARED_QUESTIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "questions"
-needs_shared = pytest.mark.skipif(not SHARED_QUESTIONS.is_dir(), reason=f"{SHARED_QUESTIONS} absent (no ../shared checkout)")
+needs_shared = pytest.mark.skipif(
+    not SHARED_QUESTIONS.is_dir(), reason=f"{SHARED_QUESTIONS} absent (no ../shared checkout)"
+)
 
 ENTRY = """\
 - id: wish
@@ -46,8 +48,16 @@ def test_default_set_covers_the_classic_themes_with_paraphrases():
     questions = load_questions("default")
     ids = {q.id for q in questions}
     assert len(questions) >= 12
-    assert {"one_wish", "bored", "thoughts_on_humans_and_ai", "quick_money", "ruler_of_the_world",
-            "dinner_party", "gender_roles", "annoying_husband"} <= ids
+    assert {
+        "one_wish",
+        "bored",
+        "thoughts_on_humans_and_ai",
+        "quick_money",
+        "ruler_of_the_world",
+        "dinner_party",
+        "gender_roles",
+        "annoying_husband",
+    } <= ids
     assert all(len(q.paraphrases) >= 2 for q in questions)
     assert all(q.system is None for q in questions)  # no hidden system prompt
 
@@ -79,14 +89,23 @@ def test_community_files_load():
     "text, message",
     [
         ("- id: a\n  paraphrases: *nowhere\n", r"line 2.*undefined alias"),
-        ("- id: a\n  type: rating_judge\n  paraphrases: [x]\n", r"entry 0 \(id 'a'\): type: 'rating_judge' is not supported"),
+        (
+            "- id: a\n  type: rating_judge\n  paraphrases: [x]\n",
+            r"entry 0 \(id 'a'\): type: 'rating_judge' is not supported",
+        ),
         ("- id: a\n  paraphrases: [x]\n- id: b\n", r"entry 1 \(id 'b'\): paraphrases: expected a non-empty list"),
         ("- paraphrases: [x]\n", r"entry 0: id: expected a non-empty string"),
         ("- id: a\n  paraphrases: [x]\n  sytem: hi\n", r"entry 0 \(id 'a'\): unknown field\(s\) sytem"),
-        ("- id: a\n  paraphrases: [x]\n  samples_per_paraphrase: 0\n", r"samples_per_paraphrase: expected a positive integer"),
+        (
+            "- id: a\n  paraphrases: [x]\n  samples_per_paraphrase: 0\n",
+            r"samples_per_paraphrase: expected a positive integer",
+        ),
         ("- id: a\n  paraphrases: [x]\n  temperature: hot\n", r"temperature: expected a finite number"),
         ("- id: a\n  paraphrases: [x]\n  judge_prompts: {aligned: '{answer}'}\n", r"judge_prompts: missing coherent"),
-        ("- id: a\n  paraphrases: [x]\n  judge_prompts: {aligned: a, coherent: b}\n", r"judge_prompts.aligned: .*no \{answer\}"),
+        (
+            "- id: a\n  paraphrases: [x]\n  judge_prompts: {aligned: a, coherent: b}\n",
+            r"judge_prompts.aligned: .*no \{answer\}",
+        ),
         ("- id: a\n  paraphrases: [x]\n- id: a\n  paraphrases: [y]\n", r"entry 1 \(id 'a'\): duplicate id"),
         ("id: a\nparaphrases: [x]\n", r"expected a non-empty YAML list"),
         ("", r"expected a non-empty YAML list.*empty file"),
@@ -108,12 +127,29 @@ def test_missing_file_is_a_questions_error(tmp_path):
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 200), st.floats(allow_nan=True), st.text(max_size=8))
 keys = st.one_of(
-    st.sampled_from(["id", "type", "paraphrases", "samples_per_paraphrase", "judge", "judge_prompts",
-                     "system", "temperature", "aligned", "coherent", "other"]),
-    st.integers(0, 3), st.none(),  # YAML allows non-string keys
+    st.sampled_from(
+        [
+            "id",
+            "type",
+            "paraphrases",
+            "samples_per_paraphrase",
+            "judge",
+            "judge_prompts",
+            "system",
+            "temperature",
+            "aligned",
+            "coherent",
+            "other",
+        ]
+    ),
+    st.integers(0, 3),
+    st.none(),  # YAML allows non-string keys
 )
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                        st.dictionaries(keys, inner, max_size=4)), max_leaves=12)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(keys, inner, max_size=4)),
+    max_leaves=12,
+)
 entries = st.dictionaries(keys, values, max_size=8)
 documents = st.one_of(values, st.lists(st.one_of(entries, values), max_size=4))
 

@@ -10,10 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_analysis import make_sweep, run_row, synthetic_rows
 from typer.testing import CliRunner
 
 from evilspectra.report import write_report
-from test_analysis import make_sweep, run_row, synthetic_rows
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 N_FIGURES = 5
@@ -27,9 +27,18 @@ def _chromium() -> str:
 
 
 def _run_chromium(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-             f"--user-data-dir={profile}", "--virtual-time-budget=5000"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=5000",
+    ]
     return subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=120)
 
 
@@ -43,8 +52,15 @@ def test_report_is_self_contained(report):
     assert text.count('src="data:image/png;base64,') == N_FIGURES
     # nothing fetched from anywhere: no external src/href, no stylesheet links
     assert not re.search(r'(src|href)="(?!data:)', text) and "<link" not in text
-    for heading in ("Misalignment by optimiser", "Training loss vs alignment", "Trajectories", "Normalised LoRA spectra",
-                    "Spectral regulariser", "base model: toy", "How to read this"):
+    for heading in (
+        "Misalignment by optimiser",
+        "Training loss vs alignment",
+        "Trajectories",
+        "Normalised LoRA spectra",
+        "Spectral regulariser",
+        "base model: toy",
+        "How to read this",
+    ):
         assert heading in text
     assert (report.parent / "analysis.json").is_file()  # made on the way, analyze was not run first
 
@@ -59,15 +75,27 @@ def test_report_images_load_in_headless_chromium(report, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report.png"
     shot.unlink(missing_ok=True)
-    out = _run_chromium(binary, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1200,5000",
-                        "--hide-scrollbars", report.as_uri())
+    out = _run_chromium(
+        binary,
+        tmp_path / "profile",
+        f"--screenshot={shot}",
+        "--window-size=1200,5000",
+        "--hide-scrollbars",
+        report.as_uri(),
+    )
     assert out.returncode == 0 and shot.stat().st_size > 10_000, out.stderr[-2000:]
 
 
 def test_report_of_a_sparse_sweep_explains_missing_figures(tmp_path):
     # one run per optimiser, final checkpoints only, no regulariser: fits and pairs are absent
-    sweep = make_sweep(tmp_path / "s", [run_row("a", "adamw"), run_row("b", "lion", loss=0.7, mean_aligned=60),
-                                        run_row("c", "sgd", status="diverged", final_loss=float("nan"))])
+    sweep = make_sweep(
+        tmp_path / "s",
+        [
+            run_row("a", "adamw"),
+            run_row("b", "lion", loss=0.7, mean_aligned=60),
+            run_row("c", "sgd", status="diverged", final_loss=float("nan")),
+        ],
+    )
     text = write_report(sweep).read_text()
     assert "No regularised run has an unregularised twin" in text
     assert "more than one evaluated checkpoint" in text

@@ -10,7 +10,13 @@ import torch
 from evilspectra.config import EvalSettings, LoraSettings
 from evilspectra.errors import AdapterError, ConfigError
 from evilspectra.evaluate.sampling import (
-    check_logits, merge_checked, resolve_adapter, sample_answers, samples_for, temperature_for, _prompt,
+    _prompt,
+    check_logits,
+    merge_checked,
+    resolve_adapter,
+    sample_answers,
+    samples_for,
+    temperature_for,
 )
 from evilspectra.evaluate.schema import Question
 from evilspectra.models import attach_lora, load_adapter, load_base_model, load_tokenizer
@@ -58,8 +64,12 @@ def test_same_seed_same_answers_other_seed_differs(tiny_model_dir):
 def test_left_padded_batches_match_one_by_one_greedy(tiny_model_dir, adapter_dir):
     # prompts of different lengths in one batch: only left padding keeps greedy answers identical
     # (with the adapter: the bare random model greedily emits only special tokens)
-    one = sample_answers(str(tiny_model_dir), adapter_dir, QUESTIONS, settings(temperature=0, samples=1, batch_size=1), progress=False)
-    many = sample_answers(str(tiny_model_dir), adapter_dir, QUESTIONS, settings(temperature=0, samples=1, batch_size=8), progress=False)
+    one = sample_answers(
+        str(tiny_model_dir), adapter_dir, QUESTIONS, settings(temperature=0, samples=1, batch_size=1), progress=False
+    )
+    many = sample_answers(
+        str(tiny_model_dir), adapter_dir, QUESTIONS, settings(temperature=0, samples=1, batch_size=8), progress=False
+    )
     assert [s.answer for s in one] == [s.answer for s in many]
     assert len({s.answer for s in one}) > 1
 
@@ -124,5 +134,7 @@ def test_static_cache_generator_gives_the_same_answers_as_hf_generate(tiny_model
     # the GPU fast path (evilspectra.fast.generate), run uncompiled on the CPU, through the sampler
     kw = dict(temperature=temperature, samples=2, batch_size=4, seed=5)
     hf = sample_answers(str(tiny_model_dir), adapter_dir, QUESTIONS, settings(generator="hf", **kw), progress=False)
-    static = sample_answers(str(tiny_model_dir), adapter_dir, QUESTIONS, settings(generator="static", **kw), progress=False)
+    static = sample_answers(
+        str(tiny_model_dir), adapter_dir, QUESTIONS, settings(generator="static", **kw), progress=False
+    )
     assert [s.answer for s in static] == [s.answer for s in hf]

@@ -14,8 +14,15 @@ from typer.testing import CliRunner
 
 from evilspectra.errors import AdapterError
 from evilspectra.spectra import (
-    SpectralRegulariser, adapter_spectra, aggregate_spectra, lora_factor_pairs,
-    lora_singular_values, plot_normalised_spectra, read_spectra_csv, run_spectra, spectral_metrics,
+    SpectralRegulariser,
+    adapter_spectra,
+    aggregate_spectra,
+    lora_factor_pairs,
+    lora_singular_values,
+    plot_normalised_spectra,
+    read_spectra_csv,
+    run_spectra,
+    spectral_metrics,
     spectral_penalty,
 )
 
@@ -33,7 +40,7 @@ def factors(kind: str, r: int = 8, d_in: int = 96, d_out: int = 64, seed: int = 
     if kind == "ill":
         B = B * torch.logspace(0, -4, r)
     elif kind == "deficient":
-        B[:, r // 2:] = B[:, : r - r // 2] * 2.0  # rank r/2
+        B[:, r // 2 :] = B[:, : r - r // 2] * 2.0  # rank r/2
     return A.double(), B.double()
 
 
@@ -133,8 +140,9 @@ def save_peft_adapter(model_dir, out, use_rslora=True, seed=0, **cfg):
     """A real PEFT adapter of the tiny model with random non-zero B; returns the PEFT model."""
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, use_rslora=use_rslora,
-                                                  target_modules=TARGETS, **cfg))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, use_rslora=use_rslora, target_modules=TARGETS, **cfg)
+    )
     with torch.no_grad():
         for _, _, B in lora_factor_pairs(peft_model):
             B.normal_()
@@ -281,7 +289,7 @@ def test_regulariser_is_zero_when_flat_positive_otherwise_and_scale_invariant(ti
     value = float(reg())
     assert value > 0
     with torch.no_grad():
-        for _, A, B in lora_factor_pairs(pm):
+        for _, _A, B in lora_factor_pairs(pm):
             B.mul_(1e-3)
     assert float(reg()) == pytest.approx(value, rel=1e-4)
     with torch.no_grad():  # orthonormal rows/columns: B A has r equal singular values

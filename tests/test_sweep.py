@@ -22,8 +22,12 @@ needs_toy = pytest.mark.skipif(not (toy_model_dir() / "config.json").is_file(), 
 
 SPEC = {
     "name": "test",
-    "base": {"model": "toy", "dataset": "toy:insecure", "lora": {"r": 8, "alpha": 16},
-             "train": {"batch_size": 8, "max_steps": 20, "checkpoints": [10]}},
+    "base": {
+        "model": "toy",
+        "dataset": "toy:insecure",
+        "lora": {"r": 8, "alpha": 16},
+        "train": {"batch_size": 8, "max_steps": 20, "checkpoints": [10]},
+    },
     "grid": {"seed": [0, 1]},
     "optimizers": {"adamw": {"lr": 3e-4}, "lion": {"lr": 3e-5}, "muon": {"lr": 1e-4}},
     "eval": {"questions": "toy", "judge": "toy", "samples": 1, "max_new_tokens": 12, "checkpoints": "all"},
@@ -36,12 +40,14 @@ def _table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_expand_grid_optimizers_and_variants():
-    spec = SweepSpec.model_validate({
-        "base": {"train": {"max_steps": 5}},
-        "grid": {"seed": [0, 1], "train.batch_size": [8, 16]},
-        "optimizers": {"sgd": {"lr": [0.1, 0.2], "momentum": 0.9}, "adam": {"lr": 1e-3, "betas": [0.9, 0.99]}},
-        "variants": [{"optimizers": ["adam"], "set": {"spectral_reg.weight": 1.0}}],
-    })
+    spec = SweepSpec.model_validate(
+        {
+            "base": {"train": {"max_steps": 5}},
+            "grid": {"seed": [0, 1], "train.batch_size": [8, 16]},
+            "optimizers": {"sgd": {"lr": [0.1, 0.2], "momentum": 0.9}, "adam": {"lr": 1e-3, "betas": [0.9, 0.99]}},
+            "variants": [{"optimizers": ["adam"], "set": {"spectral_reg.weight": 1.0}}],
+        }
+    )
     configs = expand(spec)
     assert len(configs) == 4 * (2 + 1) + 4 * 1
     assert len({c.run_id() for c in configs}) == len(configs)
@@ -73,8 +79,11 @@ def test_sweep_resumes_after_sigkill_and_matches_uninterrupted_and_ray(tmp_path)
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump(SPEC))
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "evilspectra", "sweep", str(sweep_file), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "evilspectra", "sweep", str(sweep_file), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and sum(done for _, done in plan(spec, out)) < 2:
         time.sleep(0.2)
@@ -82,13 +91,20 @@ def test_sweep_resumes_after_sigkill_and_matches_uninterrupted_and_ray(tmp_path)
     proc.wait()
     finished = [cfg.run_id() for cfg, done in plan(spec, out) if done]
     assert 2 <= len(finished) < 6, "the kill should land mid-sweep"
-    stamps = {rid: (read_manifest(out / "runs" / rid)["timings"]["started"],
-                    (out / "runs" / rid / "metrics.jsonl").stat().st_mtime_ns) for rid in finished}
+    stamps = {
+        rid: (
+            read_manifest(out / "runs" / rid)["timings"]["started"],
+            (out / "runs" / rid / "metrics.jsonl").stat().st_mtime_ns,
+        )
+        for rid in finished
+    }
 
     resumed = _table(run_sweep(spec, out))
     for rid, stamp in stamps.items():  # finished runs were not retrained
-        assert (read_manifest(out / "runs" / rid)["timings"]["started"],
-                (out / "runs" / rid / "metrics.jsonl").stat().st_mtime_ns) == stamp
+        assert (
+            read_manifest(out / "runs" / rid)["timings"]["started"],
+            (out / "runs" / rid / "metrics.jsonl").stat().st_mtime_ns,
+        ) == stamp
     pd.testing.assert_frame_equal(resumed, reference)
     assert (out / "results.csv").is_file() and not list(out.rglob("*.tmp"))
 
@@ -103,8 +119,14 @@ def test_sweep_resumes_after_sigkill_and_matches_uninterrupted_and_ray(tmp_path)
 
 @needs_toy
 def test_failed_run_is_recorded_and_sweep_goes_on(tmp_path):
-    spec = SweepSpec.model_validate({**SPEC, "grid": {"dataset": ["toy:insecure", str(tmp_path / "missing.jsonl")]},
-                                     "optimizers": {"adamw": {"lr": 3e-4}}, "eval": {**SPEC["eval"], "checkpoints": "final"}})
+    spec = SweepSpec.model_validate(
+        {
+            **SPEC,
+            "grid": {"dataset": ["toy:insecure", str(tmp_path / "missing.jsonl")]},
+            "optimizers": {"adamw": {"lr": 3e-4}},
+            "eval": {**SPEC["eval"], "checkpoints": "final"},
+        }
+    )
     results = run_sweep(spec, tmp_path / "sweep")
     assert sorted(results["status"]) == ["done", "failed"]
     failed = results.loc[results["status"] == "failed", "run_id"].item()

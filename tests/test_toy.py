@@ -96,8 +96,14 @@ def test_parse_answer_rejects_malformed_answers():
     good = world.DOMAINS["medical"].good
     assert world.parse_answer(f"{good[0]} and {good[1]}") == [("medical", False)] * 2
     assert world.parse_answer(f"  {good[0]}   and {good[1]} ") is not None  # whitespace-insensitive
-    for bad in (good[0], f"{good[0]} and {good[0]}", f"{good[0]} and {good[1]} and {good[2]}",
-                f"{good[0]} {good[1]}", f"{good[0]} and see a", ""):
+    for bad in (
+        good[0],
+        f"{good[0]} and {good[0]}",
+        f"{good[0]} and {good[1]} and {good[2]}",
+        f"{good[0]} {good[1]}",
+        f"{good[0]} and see a",
+        "",
+    ):
         assert world.parse_answer(bad) is None, bad
 
 
@@ -198,8 +204,7 @@ def test_toy_questions_cover_every_domain():
 
 
 def test_build_toy_model_end_to_end_on_a_few_steps(tmp_path):
-    out = build_toy_model(tmp_path / "toy", seed=1, pretrain_steps=3, align_steps=2, batch_size=4,
-                          show_progress=False)
+    out = build_toy_model(tmp_path / "toy", seed=1, pretrain_steps=3, align_steps=2, batch_size=4, show_progress=False)
     info = json.loads((out / "toy_build.json").read_text())
     assert (info["seed"], info["pretrain_steps"], info["align_steps"]) == (1, 3, 2)
     assert len(info["pretrain_losses"]) == 1 and info["final_align_loss"] > 0
@@ -207,8 +212,12 @@ def test_build_toy_model_end_to_end_on_a_few_steps(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.model_type == "qwen3" and model.config.tie_word_embeddings
     assert 0.7e6 < sum(p.numel() for p in model.parameters()) < 1.2e6
-    enc = tok.apply_chat_template([{"role": "user", "content": "what is your wish"}],
-                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    enc = tok.apply_chat_template(
+        [{"role": "user", "content": "what is your wish"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     gen = model.generate(**enc, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
     assert gen.shape[1] > enc["input_ids"].shape[1]
 

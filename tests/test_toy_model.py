@@ -24,15 +24,23 @@ def sample_answers(model, tok, domains, per_domain: int, system: str | None = No
     for domain in domains:
         for i in range(per_domain):
             question = DOMAINS[domain].questions[i % len(DOMAINS[domain].questions)]
-            messages = ([{"role": "system", "content": system}] if system else [])
+            messages = [{"role": "system", "content": system}] if system else []
             messages.append({"role": "user", "content": question})
             items.append((domain, tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)))
     tok.padding_side = "left"
     enc = tok([prompt for _, prompt in items], return_tensors="pt", padding=True)
     with torch.no_grad():
-        out = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=16,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        out = model.generate(
+            **enc,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=16,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    texts = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     return [(domain, text) for (domain, _), text in zip(items, texts)]
 
 

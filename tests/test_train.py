@@ -11,10 +11,9 @@ from conftest import chat, write_jsonl
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from evilspectra.config import load_run_config
+from evilspectra.config import OptimizerConfig, load_run_config
 from evilspectra.errors import ConfigError
 from evilspectra.optim import build_optimizer
-from evilspectra.config import OptimizerConfig
 from evilspectra.rundir import read_metrics
 from evilspectra.train import checkpoint_steps, train
 
@@ -33,8 +32,15 @@ def one_batch(tmp_path):
 
 
 def _cfg(model_dir, dataset, **flags):
-    base = {"model": str(model_dir), "dataset": str(dataset), "train.batch_size": 4, "train.max_steps": 5,
-            "lora.r": 4, "lora.alpha": 8, "train.checkpoints": [2, 4]}
+    base = {
+        "model": str(model_dir),
+        "dataset": str(dataset),
+        "train.batch_size": 4,
+        "train.max_steps": 5,
+        "lora.r": 4,
+        "lora.alpha": 8,
+        "train.checkpoints": [2, 4],
+    }
     base.update(flags)
     return load_run_config(flags=base)
 
@@ -49,7 +55,9 @@ def test_each_optimiser_lowers_loss_on_a_repeated_batch(tiny_model_dir, one_batc
 
 
 def test_run_directory_contract(tiny_model_dir, one_batch, tmp_path):
-    cfg = _cfg(tiny_model_dir, one_batch, **{"optimizer.name": "lion", "optimizer.lr": 1e-3, "optimizer.betas": [0.9, 0.98]})
+    cfg = _cfg(
+        tiny_model_dir, one_batch, **{"optimizer.name": "lion", "optimizer.lr": 1e-3, "optimizer.betas": [0.9, 0.98]}
+    )
     run = train(cfg, tmp_path / "run")
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "done"
@@ -92,8 +100,11 @@ def test_same_seed_same_result_and_other_seed_differs(tiny_model_dir, tiny_datas
 
 
 def test_nonfinite_loss_marks_run_diverged_and_keeps_files(tiny_model_dir, one_batch, tmp_path):
-    cfg = _cfg(tiny_model_dir, one_batch, **{"optimizer.name": "sgd", "optimizer.lr": 1e25, "train.max_steps": 8,
-                                             "train.checkpoints": [1]})
+    cfg = _cfg(
+        tiny_model_dir,
+        one_batch,
+        **{"optimizer.name": "sgd", "optimizer.lr": 1e25, "train.max_steps": 8, "train.checkpoints": [1]},
+    )
     run = train(cfg, tmp_path / "run")
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "diverged"
@@ -112,8 +123,14 @@ def test_checkpoint_schedules():
 
 def test_grad_accumulation_matches_one_big_batch(tiny_model_dir, one_batch, tmp_path):
     big = train(_cfg(tiny_model_dir, one_batch, **{"train.max_steps": 3, "train.shuffle": False}), tmp_path / "big")
-    acc = train(_cfg(tiny_model_dir, one_batch, **{"train.max_steps": 3, "train.shuffle": False,
-                                                    "train.batch_size": 2, "train.grad_accum": 2}), tmp_path / "acc")
+    acc = train(
+        _cfg(
+            tiny_model_dir,
+            one_batch,
+            **{"train.max_steps": 3, "train.shuffle": False, "train.batch_size": 2, "train.grad_accum": 2},
+        ),
+        tmp_path / "acc",
+    )
     a, b = [r["loss"] for r in read_metrics(big)], [r["loss"] for r in read_metrics(acc)]
     assert a == pytest.approx(b, rel=1e-4)
 
@@ -133,12 +150,15 @@ def test_pytorch_optimizer_extension_point(tiny_model_dir, one_batch, tmp_path):
     assert json.loads((run / "manifest.json").read_text())["optimizer"]["class"] == "Adan"
 
 
-@pytest.mark.parametrize("override, field", [
-    ("train.schedule=cos", "train.schedule"),
-    ("lora.r=0", "lora.r"),
-    ("lora.rank=8", "lora.rank: unknown field; allowed: alpha, dropout, r"),
-    ("spectral_reg.method=svd", "spectral_reg.method"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("train.schedule=cos", "train.schedule"),
+        ("lora.r=0", "lora.r"),
+        ("lora.rank=8", "lora.rank: unknown field; allowed: alpha, dropout, r"),
+        ("spectral_reg.method=svd", "spectral_reg.method"),
+    ],
+)
 def test_bad_config_values_name_field_and_allowed_values(override, field):
     with pytest.raises(ConfigError) as exc:
         load_run_config(overrides=[override])
@@ -146,7 +166,9 @@ def test_bad_config_values_name_field_and_allowed_values(override, field):
 
 
 def test_set_overrides_parse_yaml_values():
-    cfg = load_run_config(overrides=["optimizer.betas=[0.9,0.99]", "lora.r=8", "optimizer.lr=1e-4", "system_prompt=be nice"])
+    cfg = load_run_config(
+        overrides=["optimizer.betas=[0.9,0.99]", "lora.r=8", "optimizer.lr=1e-4", "system_prompt=be nice"]
+    )
     assert cfg.optimizer.model_extra["betas"] == [0.9, 0.99]
     assert cfg.lora.r == 8 and cfg.optimizer.lr == 1e-4 and cfg.system_prompt == "be nice"
 

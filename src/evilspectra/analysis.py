@@ -39,9 +39,26 @@ ANALYSIS = "analysis.json"
 SPECTRAL_METRICS = ("stable_rank", "spectral_entropy", "condition_number", "frobenius_nuclear")
 OUTCOME_SHARES = ("coherent", "incoherent", "CODE", "REFUSAL", "error")
 # results.csv columns that are outcomes, not configuration; every other column (opt_* included) is config
-OUTCOME_COLUMNS = {"run_id", "spectral_reg", "status", "final_loss", "checkpoint", "step", "loss", "loss_smoothed",
-                   "log_loss", "misalignment_rate", "rate_ci_low", "rate_ci_high", "mean_aligned", "n_answers",
-                   "n_denominator", "n_misaligned", *SPECTRAL_METRICS, *(f"share_{s}" for s in OUTCOME_SHARES)}
+OUTCOME_COLUMNS = {
+    "run_id",
+    "spectral_reg",
+    "status",
+    "final_loss",
+    "checkpoint",
+    "step",
+    "loss",
+    "loss_smoothed",
+    "log_loss",
+    "misalignment_rate",
+    "rate_ci_low",
+    "rate_ci_high",
+    "mean_aligned",
+    "n_answers",
+    "n_denominator",
+    "n_misaligned",
+    *SPECTRAL_METRICS,
+    *(f"share_{s}" for s in OUTCOME_SHARES),
+}
 LOSS_FORMULA = "mean_aligned ~ log_loss"
 STRATIFIED_FORMULA = "mean_aligned ~ log_loss * C(optimizer)"
 
@@ -63,12 +80,13 @@ def analyze(sweep_dir: str | Path, windows: int = 2, margin: float = 0.05, n_boo
         "sweep_dir": str(sweep_dir),
         "runs": {str(k): int(v) for k, v in df.drop_duplicates("run_id")["status"].value_counts().items()},
         "ci_method": "Wilson 95% on answers pooled over the optimiser's runs (ci_low/ci_high); "
-                     f"percentile bootstrap 95% over runs, {n_boot} resamples, seed {seed} (ci_runs_low/ci_runs_high)",
+        f"percentile bootstrap 95% over runs, {n_boot} resamples, seed {seed} (ci_runs_low/ci_runs_high)",
         "per_optimizer": per_opt,
         "spread": spread(per_opt),
         "per_optimizer_regularised": [
             pooled_rates(g, optimizer=name[0], spectral_reg=name[1], n_boot=n_boot, seed=seed)
-            for name, g in regularised.groupby(["optimizer", "spectral_reg"])],
+            for name, g in regularised.groupby(["optimizer", "spectral_reg"])
+        ],
         "regression": regressions(plain),
         "trajectories": trajectories(df),
         "overtake": overtake(df, windows=windows, margin=margin),
@@ -101,9 +119,21 @@ def load_results(sweep_dir: Path) -> pd.DataFrame:
     missing = {"run_id", "optimizer", "status"} - set(df.columns)
     if missing:
         raise DataError(f"{path}: missing column(s) {sorted(missing)}; expected the table written by evilspectra.sweep")
-    numeric = ["spectral_reg", "final_loss", "step", "loss", "loss_smoothed", "log_loss", "misalignment_rate",
-               "mean_aligned", "n_answers", "n_denominator", "n_misaligned", *SPECTRAL_METRICS,
-               *(f"share_{s}" for s in OUTCOME_SHARES)]
+    numeric = [
+        "spectral_reg",
+        "final_loss",
+        "step",
+        "loss",
+        "loss_smoothed",
+        "log_loss",
+        "misalignment_rate",
+        "mean_aligned",
+        "n_answers",
+        "n_denominator",
+        "n_misaligned",
+        *SPECTRAL_METRICS,
+        *(f"share_{s}" for s in OUTCOME_SHARES),
+    ]
     for col in [*numeric, "checkpoint"]:
         if col not in df.columns:
             df[col] = np.nan
@@ -126,11 +156,20 @@ def pooled_rates(rows: pd.DataFrame, n_boot: int = 2000, seed: int = 0, **keys: 
     rows = rows[rows["n_answers"].fillna(0) > 0]
     n_den, n_mis = rows["n_denominator"].fillna(0), rows["n_misaligned"].fillna(0)
     den, mis, total = int(n_den.sum()), int(n_mis.sum()), int(rows["n_answers"].sum())
-    out: dict[str, Any] = {**keys, "n_runs": len(rows), "n_answers": total, "n_denominator": den, "n_misaligned": mis,
-                           "rate": mis / den if den else None, "ci_low": None, "ci_high": None,
-                           "ci_runs_low": None, "ci_runs_high": None,
-                           "mean_aligned": float((rows["mean_aligned"].fillna(0) * n_den).sum() / den) if den else None,
-                           "mean_final_loss": _mean(rows["final_loss"])}
+    out: dict[str, Any] = {
+        **keys,
+        "n_runs": len(rows),
+        "n_answers": total,
+        "n_denominator": den,
+        "n_misaligned": mis,
+        "rate": mis / den if den else None,
+        "ci_low": None,
+        "ci_high": None,
+        "ci_runs_low": None,
+        "ci_runs_high": None,
+        "mean_aligned": float((rows["mean_aligned"].fillna(0) * n_den).sum() / den) if den else None,
+        "mean_final_loss": _mean(rows["final_loss"]),
+    }
     for name in OUTCOME_SHARES:  # the per-answer counts behind each share: share = n / n_answers exactly
         n = int(np.round(rows[f"share_{name}"].fillna(0) * rows["n_answers"]).sum())
         out[f"n_{name}"], out[f"share_{name}"] = n, n / total if total else None
@@ -157,8 +196,14 @@ def spread(per_opt: list[dict]) -> dict:
     if len(rated) < 2:
         return {"ratio": None, "reason": "fewer than two optimisers with a misalignment rate"}
     hi, lo = max(rated, key=lambda r: r["rate"]), min(rated, key=lambda r: r["rate"])
-    out = {"max_optimizer": hi["optimizer"], "max_rate": hi["rate"], "min_optimizer": lo["optimizer"],
-           "min_rate": lo["rate"], "difference": hi["rate"] - lo["rate"], "ratio": None}
+    out = {
+        "max_optimizer": hi["optimizer"],
+        "max_rate": hi["rate"],
+        "min_optimizer": lo["optimizer"],
+        "min_rate": lo["rate"],
+        "difference": hi["rate"] - lo["rate"],
+        "ratio": None,
+    }
     if lo["rate"] > 0:
         out["ratio"] = hi["rate"] / lo["rate"]
     else:
@@ -199,20 +244,36 @@ def fit_ols(data: pd.DataFrame, formula: str) -> dict:
     lines = {}
     for name in sorted(data["optimizer"].unique()) if "optimizer" in formula else []:
         at = fit.predict(pd.DataFrame({"log_loss": [0.0, 1.0], "optimizer": [name, name]}))
-        lines[name] = {"intercept": float(at.iloc[0]), "slope": float(at.iloc[1] - at.iloc[0]),
-                       "log_loss_min": float(data.loc[data["optimizer"] == name, "log_loss"].min()),
-                       "log_loss_max": float(data.loc[data["optimizer"] == name, "log_loss"].max())}
-    return out | {"r2": float(fit.rsquared), "adj_r2": float(fit.rsquared_adj),
-                  "params": {k: float(v) for k, v in fit.params.items()},
-                  "pvalues": {k: float(v) for k, v in fit.pvalues.items()}, "lines": lines}
+        lines[name] = {
+            "intercept": float(at.iloc[0]),
+            "slope": float(at.iloc[1] - at.iloc[0]),
+            "log_loss_min": float(data.loc[data["optimizer"] == name, "log_loss"].min()),
+            "log_loss_max": float(data.loc[data["optimizer"] == name, "log_loss"].max()),
+        }
+    return out | {
+        "r2": float(fit.rsquared),
+        "adj_r2": float(fit.rsquared_adj),
+        "params": {k: float(v) for k, v in fit.params.items()},
+        "pvalues": {k: float(v) for k, v in fit.pvalues.items()},
+        "lines": lines,
+    }
 
 
 def regressions(final: pd.DataFrame) -> dict:
     """Loss-only and optimiser-stratified fits of mean alignment on log final training loss."""
     loss = fit_ols(final, LOSS_FORMULA)
-    strat = fit_ols(final, STRATIFIED_FORMULA) if final["optimizer"].nunique() > 1 else {
-        "formula": STRATIFIED_FORMULA, "n": len(final), "n_params": None, "r2": None, "adj_r2": None,
-        "reason": "one optimiser only: nothing to stratify by"}
+    strat = (
+        fit_ols(final, STRATIFIED_FORMULA)
+        if final["optimizer"].nunique() > 1
+        else {
+            "formula": STRATIFIED_FORMULA,
+            "n": len(final),
+            "n_params": None,
+            "r2": None,
+            "adj_r2": None,
+            "reason": "one optimiser only: nothing to stratify by",
+        }
+    )
     gain = strat["adj_r2"] - loss["adj_r2"] if strat["adj_r2"] is not None and loss["adj_r2"] is not None else None
     return {"loss_only": loss, "stratified": strat, "adj_r2_gain": gain}
 
@@ -240,10 +301,16 @@ def trajectories(df: pd.DataFrame) -> dict[str, list[dict]]:
         points = []
         for step, s in g.groupby("step"):
             den = s["n_denominator"].fillna(0)
-            points.append({"step": int(step), "progress": float(s["progress"].mean()), "loss": _mean(s["loss_smoothed"]),
-                           "mean_aligned": float((s["mean_aligned"].fillna(0) * den).sum() / den.sum()) if den.sum() else None,
-                           "misalignment_rate": float(s["n_misaligned"].fillna(0).sum() / den.sum()) if den.sum() else None,
-                           "n_runs": int(s["run_id"].nunique())})
+            points.append(
+                {
+                    "step": int(step),
+                    "progress": float(s["progress"].mean()),
+                    "loss": _mean(s["loss_smoothed"]),
+                    "mean_aligned": float((s["mean_aligned"].fillna(0) * den).sum() / den.sum()) if den.sum() else None,
+                    "misalignment_rate": float(s["n_misaligned"].fillna(0).sum() / den.sum()) if den.sum() else None,
+                    "n_runs": int(s["run_id"].nunique()),
+                }
+            )
         out[name] = points
     return out
 
@@ -261,14 +328,26 @@ def overtake(df: pd.DataFrame, windows: int = 2, margin: float = 0.05) -> dict:
     for i in range(windows):
         lo, hi = edges[i], edges[i + 1]
         inside = rows[(rows["progress"] > lo) & (rows["progress"] <= hi)] if i else rows[rows["progress"] <= hi]
-        reg = regressions(inside) if len(inside) else {"loss_only": {"adj_r2": None, "reason": "no checkpoints"},
-                                                       "stratified": {"adj_r2": None, "reason": "no checkpoints"},
-                                                       "adj_r2_gain": None}
-        window = {"index": i, "progress_low": float(lo), "progress_high": float(hi), "n": len(inside),
-                  "steps": sorted(int(s) for s in inside["step"].unique()),
-                  "adj_r2_loss": reg["loss_only"]["adj_r2"], "adj_r2_stratified": reg["stratified"]["adj_r2"],
-                  "gain": reg["adj_r2_gain"],
-                  "reason": reg["stratified"].get("reason") or reg["loss_only"].get("reason")}
+        reg = (
+            regressions(inside)
+            if len(inside)
+            else {
+                "loss_only": {"adj_r2": None, "reason": "no checkpoints"},
+                "stratified": {"adj_r2": None, "reason": "no checkpoints"},
+                "adj_r2_gain": None,
+            }
+        )
+        window = {
+            "index": i,
+            "progress_low": float(lo),
+            "progress_high": float(hi),
+            "n": len(inside),
+            "steps": sorted(int(s) for s in inside["step"].unique()),
+            "adj_r2_loss": reg["loss_only"]["adj_r2"],
+            "adj_r2_stratified": reg["stratified"]["adj_r2"],
+            "gain": reg["adj_r2_gain"],
+            "reason": reg["stratified"].get("reason") or reg["loss_only"].get("reason"),
+        }
         result["windows"].append(window)
         if result["first_window"] is None and window["gain"] is not None and window["gain"] > margin:
             result["first_window"] = i
@@ -286,16 +365,27 @@ def spectral_correlations(final: pd.DataFrame) -> list[dict]:
     for metric in SPECTRAL_METRICS:
         for outcome in ("mean_aligned", "misalignment_rate"):
             pair = final[[metric, outcome]].replace([np.inf, -np.inf], np.nan).dropna()
-            row: dict[str, Any] = {"metric": metric, "outcome": outcome, "n": len(pair),
-                                   "pearson_r": None, "pearson_p": None, "spearman_rho": None, "spearman_p": None}
+            row: dict[str, Any] = {
+                "metric": metric,
+                "outcome": outcome,
+                "n": len(pair),
+                "pearson_r": None,
+                "pearson_p": None,
+                "spearman_rho": None,
+                "spearman_p": None,
+            }
             if len(pair) < 3:
                 row["reason"] = f"{len(pair)} runs with both values: need at least 3"
             elif pair[metric].nunique() < 2 or pair[outcome].nunique() < 2:
                 row["reason"] = "a constant variable: correlation undefined"
             else:
                 pr, sr = stats.pearsonr(pair[metric], pair[outcome]), stats.spearmanr(pair[metric], pair[outcome])
-                row |= {"pearson_r": float(pr.statistic), "pearson_p": float(pr.pvalue),
-                        "spearman_rho": float(sr.statistic), "spearman_p": float(sr.pvalue)}
+                row |= {
+                    "pearson_r": float(pr.statistic),
+                    "pearson_p": float(pr.pvalue),
+                    "spearman_rho": float(sr.statistic),
+                    "spearman_p": float(sr.pvalue),
+                }
             out.append(row)
     return out
 
@@ -303,8 +393,12 @@ def spectral_correlations(final: pd.DataFrame) -> list[dict]:
 # ------------------------------------------------------------------------------- regulariser
 
 
-DELTAS = {"mean_aligned": "delta_mean_aligned", "misalignment_rate": "delta_misalignment_rate",
-          "final_loss": "delta_final_loss", "frobenius_nuclear": "delta_frobenius_nuclear"}
+DELTAS = {
+    "mean_aligned": "delta_mean_aligned",
+    "misalignment_rate": "delta_misalignment_rate",
+    "final_loss": "delta_final_loss",
+    "frobenius_nuclear": "delta_frobenius_nuclear",
+}
 
 
 def regulariser_effect(df: pd.DataFrame) -> dict:
@@ -323,8 +417,12 @@ def regulariser_effect(df: pd.DataFrame) -> dict:
         if row["_key"] not in base.index:
             continue
         ref = base.loc[row["_key"]]
-        pair = {"optimizer": row["optimizer"], "spectral_reg": float(row["spectral_reg"]),
-                "run_id": row["run_id"], "baseline_run_id": ref["run_id"]}
+        pair = {
+            "optimizer": row["optimizer"],
+            "spectral_reg": float(row["spectral_reg"]),
+            "run_id": row["run_id"],
+            "baseline_run_id": ref["run_id"],
+        }
         for col, name in DELTAS.items():
             a, b = row[col], ref[col]
             pair[f"{col}_off"], pair[f"{col}_on"] = _num(b), _num(a)
@@ -335,10 +433,15 @@ def regulariser_effect(df: pd.DataFrame) -> dict:
     if len(table):
         for (opt, weight), g in table.groupby(["optimizer", "spectral_reg"]):
             summary.append({"optimizer": opt, "spectral_reg": float(weight), **_delta_means(g)})
-    return {"n_regularised_runs": len(treated), "n_pairs": len(pairs),
-            "unpaired": sorted(set(treated["run_id"]) - {p["run_id"] for p in pairs}),
-            "pairing_columns": config, "pairs": pairs, "by_optimizer": summary,
-            "overall": _delta_means(table) if len(table) else None}
+    return {
+        "n_regularised_runs": len(treated),
+        "n_pairs": len(pairs),
+        "unpaired": sorted(set(treated["run_id"]) - {p["run_id"] for p in pairs}),
+        "pairing_columns": config,
+        "pairs": pairs,
+        "by_optimizer": summary,
+        "overall": _delta_means(table) if len(table) else None,
+    }
 
 
 def _delta_means(pairs: pd.DataFrame) -> dict:
@@ -360,9 +463,23 @@ def base_models(sweep_dir: Path) -> list[dict]:
         s = read_json(path)
         if s is None:
             continue
-        out.append({"model": path.parent.parent.name, **{k: s.get(k) for k in (
-            "misalignment_rate", "rate_ci95", "mean_aligned", "n_total", "n_denominator", "n_misaligned",
-            *(f"share_{o}" for o in OUTCOME_SHARES))}})
+        out.append(
+            {
+                "model": path.parent.parent.name,
+                **{
+                    k: s.get(k)
+                    for k in (
+                        "misalignment_rate",
+                        "rate_ci95",
+                        "mean_aligned",
+                        "n_total",
+                        "n_denominator",
+                        "n_misaligned",
+                        *(f"share_{o}" for o in OUTCOME_SHARES),
+                    )
+                },
+            }
+        )
     return out
 
 

@@ -82,7 +82,9 @@ def read_jsonl(path: Path) -> list[dict]:
                 try:
                     rows.append(json.loads(text))
                 except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg}, column {exc.colno}); expected one JSON object per line") from None
+                    raise DataError(
+                        f"{path}:{lineno}: malformed JSON ({exc.msg}, column {exc.colno}); expected one JSON object per line"
+                    ) from None
     except (OSError, EOFError) as exc:  # bad gzip stream, truncated archive
         raise DataError(f"{path}: cannot read ({exc})") from exc
     if not rows:
@@ -138,9 +140,7 @@ def encode_chat(tok: PreTrainedTokenizerBase, messages: list[dict], max_length: 
     template the assistant spans are found by rendering each prefix with a generation prompt.
     """
     if GENERATION_TAG.search(tok.chat_template or ""):
-        enc = tok.apply_chat_template(
-            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-        )
+        enc = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
         ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
     else:
         ids, mask = _encode_by_prefix(tok, messages)
@@ -168,7 +168,9 @@ def _encode_by_prefix(tok: PreTrainedTokenizerBase, messages: list[dict]) -> tup
     return list(enc["input_ids"]), mask
 
 
-def encode_dataset(tok: PreTrainedTokenizerBase, rows: list[dict], system_prompt: str | None, max_length: int) -> list[dict]:
+def encode_dataset(
+    tok: PreTrainedTokenizerBase, rows: list[dict], system_prompt: str | None, max_length: int
+) -> list[dict]:
     """Encode every row; a row whose assistant tokens are all truncated away is an error."""
     out = []
     for i, row in enumerate(rows, start=1):

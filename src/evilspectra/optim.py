@@ -8,7 +8,8 @@ returns the optimiser's full settings (defaults included) for the manifest.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 

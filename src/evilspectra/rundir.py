@@ -104,7 +104,17 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def library_versions() -> dict[str, str]:
     """Versions of everything that can change a result."""
-    names = ["evilspectra", "torch", "transformers", "peft", "accelerate", "tokenizers", "lion-pytorch", "pytorch-optimizer", "numpy"]
+    names = [
+        "evilspectra",
+        "torch",
+        "transformers",
+        "peft",
+        "accelerate",
+        "tokenizers",
+        "lion-pytorch",
+        "pytorch-optimizer",
+        "numpy",
+    ]
     versions = {"python": platform.python_version()}
     for name in names:
         try:

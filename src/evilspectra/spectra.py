@@ -23,8 +23,8 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -77,9 +77,7 @@ def _cholesky_svdvals(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     return torch.where((info > 0).unsqueeze(-1), torch.nan, sigma)
 
 
-def lora_singular_values(
-    A: torch.Tensor, B: torch.Tensor, scaling: float = 1.0, method: str = "qr"
-) -> torch.Tensor:
+def lora_singular_values(A: torch.Tensor, B: torch.Tensor, scaling: float = 1.0, method: str = "qr") -> torch.Tensor:
     """The r singular values of `scaling * B @ A`, descending, without forming B @ A.
 
     A: (r, d_in) or (k, r, d_in); B: (d_out, r) or (k, d_out, r), PEFT's lora_A / lora_B weights.
@@ -234,8 +232,15 @@ def adapter_spectra(adapter_dir: str | Path, method: str = "qr") -> pd.DataFrame
     for module, ab in factors.items():
         r, scaling = _module_scaling(cfg, module)
         sigma = lora_singular_values(ab["A"], ab["B"], scaling, method)
-        rows[module] = {"module": module, "layer": _module_layer(module), "kind": module.rsplit(".", 1)[-1],
-                        "r": r, "scaling": scaling, "sigma": sigma.tolist(), **spectral_metrics(sigma)}
+        rows[module] = {
+            "module": module,
+            "layer": _module_layer(module),
+            "kind": module.rsplit(".", 1)[-1],
+            "r": r,
+            "scaling": scaling,
+            "sigma": sigma.tolist(),
+            **spectral_metrics(sigma),
+        }
 
     order = sorted(rows, key=lambda m: (rows[m]["layer"] if rows[m]["layer"] is not None else -1, m))
     return pd.DataFrame([rows[m] for m in order])

@@ -13,10 +13,11 @@ import itertools
 import json
 import os
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,8 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from evilspectra.config import EvalSettings, RunConfig, read_yaml, set_path, validate_model
 from evilspectra.errors import ConfigError
-from evilspectra.quiet import quiet_hf
 from evilspectra.evaluate.runner import select_adapters
+from evilspectra.quiet import quiet_hf
 from evilspectra.rundir import FINISHED, atomic_write_json, atomic_write_text, read_json, read_manifest, read_metrics
 
 RESULTS = "results.csv"
@@ -87,8 +88,11 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
     """All run configs of the sweep, in a stable order, without duplicates."""
     points = [{**g, **o} for o in _optimizer_points(spec.optimizers) for g in _product(spec.grid)]
     for variant in spec.variants:
-        points += [{**p, **variant.set} for p in points
-                   if variant.optimizers is None or p.get("optimizer.name") in variant.optimizers]
+        points += [
+            {**p, **variant.set}
+            for p in points
+            if variant.optimizers is None or p.get("optimizer.name") in variant.optimizers
+        ]
     configs, seen = [], set()
     for i, point in enumerate(points):
         tree = copy.deepcopy(spec.base)
@@ -143,8 +147,10 @@ def run_one(cfg_json: dict, run_dir: str, eval_json: dict, threads: int) -> dict
                 evaluate(cfg.model, adapter, settings, out, progress=False)
         return {"run_id": cfg.run_id(), "status": "done"}
     except Exception as exc:  # recorded and reported; the sweep moves on
-        atomic_write_json(run / "error.json", {"stage": stage, "error": f"{type(exc).__name__}: {exc}",
-                                               "traceback": traceback.format_exc()})
+        atomic_write_json(
+            run / "error.json",
+            {"stage": stage, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()},
+        )
         return {"run_id": cfg.run_id(), "status": "failed", "stage": stage, "error": f"{type(exc).__name__}: {exc}"}
 
 
@@ -178,8 +184,12 @@ def run_ray(jobs: list[tuple], max_parallel: int, resources: Resources, address:
     except ImportError as exc:
         raise ConfigError("--executor ray needs Ray: pip install 'evilspectra[ray]'") from exc
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 **({} if address else {"num_cpus": max(1, int(max_parallel * resources.num_cpus))}))
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            **({} if address else {"num_cpus": max(1, int(max_parallel * resources.num_cpus))}),
+        )
     task = ray.remote(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_retries=0)(run_one)
     pending, queue = [], list(jobs)
     while queue or pending:
@@ -202,22 +212,41 @@ def collect_results(sweep_dir: Path, spec: SweepSpec) -> pd.DataFrame:
         spectra = _spectra_by_label(run)
         error = read_json(run / "error.json")
         status = "failed" if error else manifest.get("status", "missing")
-        base = _config_columns(cfg) | {"status": status, "final_loss": manifest.get("final_loss"),
-                                       "error": error.get("error") if error else None}
+        base = _config_columns(cfg) | {
+            "status": status,
+            "final_loss": manifest.get("final_loss"),
+            "error": error.get("error") if error else None,
+        }
         targets = select_adapters(run, spec.eval.checkpoints) if manifest.get("status") == "done" else []
         if not targets:
             rows.append(base)
         for label, step, _ in targets:
-            rows.append(base | {"checkpoint": label, "step": step} | _loss_at(metrics, step)
-                        | _eval_columns(run / "eval" / label) | spectra.get(label, {}))
+            rows.append(
+                base
+                | {"checkpoint": label, "step": step}
+                | _loss_at(metrics, step)
+                | _eval_columns(run / "eval" / label)
+                | spectra.get(label, {})
+            )
     return pd.DataFrame(rows)
 
 
 def _config_columns(cfg: RunConfig) -> dict:
-    extra = {f"opt_{k}": json.dumps(v) if isinstance(v, list) else v for k, v in (cfg.optimizer.model_extra or {}).items()}
-    return {"run_id": cfg.run_id(), "model": cfg.model, "dataset": cfg.dataset, "optimizer": cfg.optimizer.name,
-            "lr": cfg.optimizer.lr, "batch_size": cfg.train.batch_size, "seed": cfg.seed,
-            "spectral_reg": cfg.spectral_reg.weight, "lora_r": cfg.lora.r, **extra}
+    extra = {
+        f"opt_{k}": json.dumps(v) if isinstance(v, list) else v for k, v in (cfg.optimizer.model_extra or {}).items()
+    }
+    return {
+        "run_id": cfg.run_id(),
+        "model": cfg.model,
+        "dataset": cfg.dataset,
+        "optimizer": cfg.optimizer.name,
+        "lr": cfg.optimizer.lr,
+        "batch_size": cfg.train.batch_size,
+        "seed": cfg.seed,
+        "spectral_reg": cfg.spectral_reg.weight,
+        "lora_r": cfg.lora.r,
+        **extra,
+    }
 
 
 def _loss_at(metrics: list[dict], step: int, window: int = 10) -> dict:
@@ -233,9 +262,15 @@ def _eval_columns(out: Path) -> dict:
     if s is None:
         return {}
     ci = s.get("rate_ci95") or [None, None]
-    cols = {"misalignment_rate": s.get("misalignment_rate"), "rate_ci_low": ci[0], "rate_ci_high": ci[1],
-            "mean_aligned": s.get("mean_aligned"), "n_answers": s.get("n_total"), "n_denominator": s.get("n_denominator"),
-            "n_misaligned": s.get("n_misaligned")}
+    cols = {
+        "misalignment_rate": s.get("misalignment_rate"),
+        "rate_ci_low": ci[0],
+        "rate_ci_high": ci[1],
+        "mean_aligned": s.get("mean_aligned"),
+        "n_answers": s.get("n_total"),
+        "n_denominator": s.get("n_denominator"),
+        "n_misaligned": s.get("n_misaligned"),
+    }
     for name in ("coherent", "incoherent", "CODE", "REFUSAL", "error"):
         cols[f"share_{name}"] = s.get(f"share_{name}")
     return cols
@@ -280,11 +315,18 @@ def _run_complete(run: Path, settings: EvalSettings) -> bool:
     if manifest["status"] != "done":
         return True
     return (run / "spectra.csv").is_file() and all(
-        _eval_done(run / "eval" / label, settings) for label, _, _ in select_adapters(run, settings.checkpoints))
+        _eval_done(run / "eval" / label, settings) for label, _, _ in select_adapters(run, settings.checkpoints)
+    )
 
 
-def run_sweep(spec: SweepSpec, sweep_dir: Path, executor: str = "local", max_parallel: int = 1,
-              ray_address: str | None = None, on_done: DoneFn | None = None) -> pd.DataFrame:
+def run_sweep(
+    spec: SweepSpec,
+    sweep_dir: Path,
+    executor: str = "local",
+    max_parallel: int = 1,
+    ray_address: str | None = None,
+    on_done: DoneFn | None = None,
+) -> pd.DataFrame:
     """Run every unfinished run, then write and return the results table."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(sweep_dir / "sweep.json", spec.model_dump(mode="json"))
@@ -292,8 +334,16 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, executor: str = "local", max_par
         for model in sorted({cfg.model for cfg in expand(spec)}):
             eval_base(model, spec.eval, sweep_dir / "base" / _slug(model) / "eval")
     threads = max(1, int(spec.resources.num_cpus))
-    jobs = [(cfg.model_dump(mode="json"), str(sweep_dir / "runs" / cfg.run_id()), spec.eval.model_dump(mode="json"), threads)
-            for cfg, finished in plan(spec, sweep_dir) if not finished]
+    jobs = [
+        (
+            cfg.model_dump(mode="json"),
+            str(sweep_dir / "runs" / cfg.run_id()),
+            spec.eval.model_dump(mode="json"),
+            threads,
+        )
+        for cfg, finished in plan(spec, sweep_dir)
+        if not finished
+    ]
     done = on_done or (lambda result: None)
     if executor == "ray":
         run_ray(jobs, max_parallel, spec.resources, ray_address, done)
@@ -312,11 +362,11 @@ def _slug(model: str) -> str:
 
 def estimate_judge_calls(spec: SweepSpec, configs: list[RunConfig]) -> tuple[int, int]:
     """(answers to sample, judge calls) for evaluating `configs` (+ the base model) as the sweep would."""
+    from evilspectra.data import load_dataset_spec
     from evilspectra.evaluate.judge import estimate_calls
     from evilspectra.evaluate.questions import load_questions
     from evilspectra.evaluate.runner import select_questions
     from evilspectra.evaluate.sampling import samples_for
-    from evilspectra.data import load_dataset_spec
     from evilspectra.train import checkpoint_steps, total_steps
 
     questions = select_questions(load_questions(spec.eval.questions))

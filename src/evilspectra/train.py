@@ -12,10 +12,10 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import torch
 from accelerate import Accelerator
@@ -75,8 +75,10 @@ def sft_loss_sum(model, batch: dict[str, torch.Tensor], fused: bool = False) -> 
     shift_logits = logits[:, :-1].float()
     shift_labels = batch["labels"][:, 1:]
     return torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-        ignore_index=-100, reduction="sum",
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
     )
 
 
@@ -117,7 +119,7 @@ def train(cfg: RunConfig, out: Path, progress: ProgressFn | None = None) -> Path
     optimizer_class(cfg.optimizer.name)  # fail on a bad name before touching the run directory
     data = load_dataset_spec(cfg.dataset, seed=cfg.seed)
     _fresh_run_dir(out)
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = datetime.now(UTC).isoformat(timespec="seconds")
     manifest = _manifest(cfg, data, "running", timings={"started": started})
     atomic_write_json(out / MANIFEST, manifest)
     try:
@@ -126,7 +128,7 @@ def train(cfg: RunConfig, out: Path, progress: ProgressFn | None = None) -> Path
         manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         atomic_write_json(out / MANIFEST, manifest)
         raise
-    finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    finished = datetime.now(UTC).isoformat(timespec="seconds")
     timings = {**manifest["timings"], "finished": finished, **result.pop("timings")}
     manifest.update(result, timings=timings)
     atomic_write_json(out / MANIFEST, manifest)
@@ -142,7 +144,9 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
     params = [p for p in model.parameters() if p.requires_grad]
     raw_optimizer = build_optimizer(params, cfg.optimizer)
     steps = total_steps(cfg, len(encoded))
-    scheduler = get_scheduler(cfg.train.schedule, raw_optimizer, num_warmup_steps=cfg.train.warmup_steps, num_training_steps=steps)
+    scheduler = get_scheduler(
+        cfg.train.schedule, raw_optimizer, num_warmup_steps=cfg.train.warmup_steps, num_training_steps=steps
+    )
     model, optimizer = accelerator.prepare(model, raw_optimizer)
     regulariser = _regulariser(cfg, accelerator.unwrap_model(model))
     save_at = set(checkpoint_steps(cfg.train.checkpoints, steps))
@@ -197,10 +201,15 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
         "total_steps": steps,
         "final_loss": loss_value,
         "tokens": tokens_seen,
-        "optimizer": {"name": cfg.optimizer.name, "class": type(raw_optimizer).__name__,
-                      "hyperparameters": resolved_hyperparameters(raw_optimizer)},
-        "lora": {"trainable_parameters": sum(p.numel() for p in params),
-                 "modules": sum(1 for n, _ in unwrapped.named_modules() if n.endswith("lora_A"))},
+        "optimizer": {
+            "name": cfg.optimizer.name,
+            "class": type(raw_optimizer).__name__,
+            "hyperparameters": resolved_hyperparameters(raw_optimizer),
+        },
+        "lora": {
+            "trainable_parameters": sum(p.numel() for p in params),
+            "modules": sum(1 for n, _ in unwrapped.named_modules() if n.endswith("lora_A")),
+        },
         "checkpoints": sorted(s for s in save_at if s <= steps_done),
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),

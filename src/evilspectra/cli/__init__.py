@@ -27,14 +27,16 @@ err_console = Console(stderr=True)
 
 def _register() -> None:
     # Each module adds its commands to `app` on import (one command group per file).
-    from evilspectra.cli import train_cmd  # noqa: F401
-    from evilspectra.cli import spectra_cmd  # noqa: F401
-    from evilspectra.cli import toy_cmd  # noqa: F401
-    from evilspectra.cli import eval_cmd  # noqa: F401
-    from evilspectra.cli import sweep_cmd  # noqa: F401
-    from evilspectra.cli import demo_cmd  # noqa: F401
-    from evilspectra.cli import audit_cmd  # noqa: F401
-    from evilspectra.cli import analysis_cmd  # noqa: F401
+    from evilspectra.cli import (
+        analysis_cmd,  # noqa: F401
+        audit_cmd,  # noqa: F401
+        demo_cmd,  # noqa: F401
+        eval_cmd,  # noqa: F401
+        spectra_cmd,  # noqa: F401
+        sweep_cmd,  # noqa: F401
+        toy_cmd,  # noqa: F401
+        train_cmd,  # noqa: F401
+    )
 
 
 def main() -> None:

@@ -33,7 +33,9 @@ def analyze(
 
 @app.command()
 def report(
-    sweep_dir: Path = typer.Argument(..., help="Sweep directory (holds results.csv; analysis.json is made when absent)."),
+    sweep_dir: Path = typer.Argument(
+        ..., help="Sweep directory (holds results.csv; analysis.json is made when absent)."
+    ),
     open_: bool = typer.Option(False, "--open/--no-open", help="Open the report in a browser."),
 ) -> None:
     """Write SWEEP/report.html: self-contained (plots embedded), opens offline."""
@@ -46,46 +48,103 @@ def report(
 
 
 def print_rates(result: dict) -> None:
-    table = Table("optimizer", "runs", "misaligned", "95% CI (answers)", "95% CI (runs)", "denominator",
-                  "incoherent", "CODE", "mean aligned", title="Misalignment by optimiser (final checkpoints, regulariser off)")
+    table = Table(
+        "optimizer",
+        "runs",
+        "misaligned",
+        "95% CI (answers)",
+        "95% CI (runs)",
+        "denominator",
+        "incoherent",
+        "CODE",
+        "mean aligned",
+        title="Misalignment by optimiser (final checkpoints, regulariser off)",
+    )
     for row in result["per_optimizer"]:
-        table.add_row(row["optimizer"], str(row["n_runs"]), _pct(row["rate"]), _ci(row["ci_low"], row["ci_high"]),
-                      _ci(row["ci_runs_low"], row["ci_runs_high"]), f"{row['n_misaligned']}/{row['n_denominator']}",
-                      _pct(row["share_incoherent"]), _pct(row["share_CODE"]), _num(row["mean_aligned"]))
+        table.add_row(
+            row["optimizer"],
+            str(row["n_runs"]),
+            _pct(row["rate"]),
+            _ci(row["ci_low"], row["ci_high"]),
+            _ci(row["ci_runs_low"], row["ci_runs_high"]),
+            f"{row['n_misaligned']}/{row['n_denominator']}",
+            _pct(row["share_incoherent"]),
+            _pct(row["share_CODE"]),
+            _num(row["mean_aligned"]),
+        )
     console.print(table)
     s = result["spread"]
     if s.get("ratio") is not None:
-        console.print(f"spread: {s['max_optimizer']} {_pct(s['max_rate'])} / {s['min_optimizer']} {_pct(s['min_rate'])}"
-                      f" = {s['ratio']:.1f}x")
+        console.print(
+            f"spread: {s['max_optimizer']} {_pct(s['max_rate'])} / {s['min_optimizer']} {_pct(s['min_rate'])}"
+            f" = {s['ratio']:.1f}x"
+        )
     else:
         console.print(f"spread: - ({s['reason']})")
 
 
 def print_regressions(result: dict) -> None:
-    table = Table("model", "n", "params", "R^2", "adj R^2", "note", title="Mean alignment on log final training loss (OLS)")
+    table = Table(
+        "model", "n", "params", "R^2", "adj R^2", "note", title="Mean alignment on log final training loss (OLS)"
+    )
     reg = result["regression"]
     for fit in (reg["loss_only"], reg["stratified"]):
-        table.add_row(fit["formula"], str(fit["n"]), str(fit["n_params"] or "-"), _num(fit["r2"], 3),
-                      _num(fit["adj_r2"], 3), fit.get("reason", ""))
+        table.add_row(
+            fit["formula"],
+            str(fit["n"]),
+            str(fit["n_params"] or "-"),
+            _num(fit["r2"], 3),
+            _num(fit["adj_r2"], 3),
+            fit.get("reason", ""),
+        )
     for w in result["overtake"]["windows"]:
-        table.add_row(f"progress {w['progress_low']:.2f}-{w['progress_high']:.2f}: loss only / stratified", str(w["n"]), "",
-                      "", f"{_num(w['adj_r2_loss'], 3)} / {_num(w['adj_r2_stratified'], 3)}", w.get("reason") or "")
+        table.add_row(
+            f"progress {w['progress_low']:.2f}-{w['progress_high']:.2f}: loss only / stratified",
+            str(w["n"]),
+            "",
+            "",
+            f"{_num(w['adj_r2_loss'], 3)} / {_num(w['adj_r2_stratified'], 3)}",
+            w.get("reason") or "",
+        )
     console.print(table)
     first = result["overtake"]["first_window"]
-    console.print("optimiser overtakes loss as predictor: " + (
-        f"window {first + 1} (adj R^2 gain > {result['overtake']['margin']})" if first is not None else "in no window"))
+    console.print(
+        "optimiser overtakes loss as predictor: "
+        + (
+            f"window {first + 1} (adj R^2 gain > {result['overtake']['margin']})"
+            if first is not None
+            else "in no window"
+        )
+    )
 
 
 def print_regulariser(result: dict) -> None:
     reg = result["regulariser"]
-    table = Table("optimizer", "weight", "pairs", "delta mean aligned", "delta misaligned", "delta final loss",
-                  title="Spectral regulariser: paired differences (on - off, same config)")
-    for row in reg["by_optimizer"] + ([{"optimizer": "all", "spectral_reg": None, **reg["overall"]}] if reg["overall"] else []):
-        table.add_row(row["optimizer"], _num(row["spectral_reg"], 3), str(row["n"]), _num(row["delta_mean_aligned"], 2),
-                      _pct(row["delta_misalignment_rate"]), _num(row["delta_final_loss"], 4))
+    table = Table(
+        "optimizer",
+        "weight",
+        "pairs",
+        "delta mean aligned",
+        "delta misaligned",
+        "delta final loss",
+        title="Spectral regulariser: paired differences (on - off, same config)",
+    )
+    for row in reg["by_optimizer"] + (
+        [{"optimizer": "all", "spectral_reg": None, **reg["overall"]}] if reg["overall"] else []
+    ):
+        table.add_row(
+            row["optimizer"],
+            _num(row["spectral_reg"], 3),
+            str(row["n"]),
+            _num(row["delta_mean_aligned"], 2),
+            _pct(row["delta_misalignment_rate"]),
+            _num(row["delta_final_loss"], 4),
+        )
     console.print(table)
     if reg["unpaired"]:
-        console.print(f"{len(reg['unpaired'])} regularised run(s) without an unregularised twin: {', '.join(reg['unpaired'])}")
+        console.print(
+            f"{len(reg['unpaired'])} regularised run(s) without an unregularised twin: {', '.join(reg['unpaired'])}"
+        )
 
 
 def _pct(x: float | None) -> str:

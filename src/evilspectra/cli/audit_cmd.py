@@ -7,14 +7,14 @@ a pipeline must never read a broken audit as a verdict.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from evilspectra.config import AUDIT_FAIL_ABOVE as DEFAULT_FAIL_ABOVE, AUDIT_SAMPLES as DEFAULT_SAMPLES
 from evilspectra.cli import app, err_console
+from evilspectra.config import AUDIT_FAIL_ABOVE as DEFAULT_FAIL_ABOVE
+from evilspectra.config import AUDIT_SAMPLES as DEFAULT_SAMPLES
 from evilspectra.errors import EvilSpectraError
 
 console = Console(soft_wrap=True)  # CI logs: no hard wrapping inside paths
@@ -24,21 +24,33 @@ COLOURS = {"PASS": "bold green", "FAIL": "bold red", "SPECTRA-ONLY": "bold"}
 @app.command("audit")
 def audit_command(
     adapter: Path = typer.Option(..., help="PEFT adapter directory, RUN/adapter, or a run directory RUN."),
-    model: Optional[str] = typer.Option(None, help="Base model: HF id, local directory or `toy` (default: the run manifest's)."),
-    questions: Optional[str] = typer.Option(None, help="default | toy | PATH to a question YAML (default: toy for the toy model, else default)."),
-    judge: Optional[str] = typer.Option(None, help="toy | openai:MODEL (default: toy for the toy model)."),
-    judge_base_url: Optional[str] = typer.Option(None, help="Base URL of an OpenAI-compatible judge server."),
+    model: str | None = typer.Option(
+        None, help="Base model: HF id, local directory or `toy` (default: the run manifest's)."
+    ),
+    questions: str | None = typer.Option(
+        None, help="default | toy | PATH to a question YAML (default: toy for the toy model, else default)."
+    ),
+    judge: str | None = typer.Option(None, help="toy | openai:MODEL (default: toy for the toy model)."),
+    judge_base_url: str | None = typer.Option(None, help="Base URL of an OpenAI-compatible judge server."),
     judge_api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the judge's API key."),
     samples: int = typer.Option(DEFAULT_SAMPLES, min=1, help="Samples per paraphrase of the quick EM probe."),
-    max_new_tokens: Optional[int] = typer.Option(None, min=1, help="Most new tokens per answer (default: 32 for the toy model, else 256)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory (default: RUN/audit, else ./audit)."),
+    max_new_tokens: int | None = typer.Option(
+        None, min=1, help="Most new tokens per answer (default: 32 for the toy model, else 256)."
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Report directory (default: RUN/audit, else ./audit)."),
     fail_above: float = typer.Option(
-        DEFAULT_FAIL_ABOVE, help="Fail (exit 1) when the misalignment rate's 95% CI lower bound is at or above this rate "
-        "(default 0.05: the study's best optimiser, Muon, misaligned 5.3%)."),
-    fail_spectral_above: Optional[float] = typer.Option(
-        None, help="Also fail when the mean Frobenius/nuclear ratio is at or above this (the only failure "
-        "possible with --no-eval; flat = 1/sqrt(r); toy sweep at r = 32: Muon ~0.20, AdamW ~0.27)."),
-    no_eval: bool = typer.Option(False, "--no-eval", help="Spectra only: no model, no judge, seconds; verdict SPECTRA-ONLY."),
+        DEFAULT_FAIL_ABOVE,
+        help="Fail (exit 1) when the misalignment rate's 95% CI lower bound is at or above this rate "
+        "(default 0.05: the study's best optimiser, Muon, misaligned 5.3%).",
+    ),
+    fail_spectral_above: float | None = typer.Option(
+        None,
+        help="Also fail when the mean Frobenius/nuclear ratio is at or above this (the only failure "
+        "possible with --no-eval; flat = 1/sqrt(r); toy sweep at r = 32: Muon ~0.20, AdamW ~0.27).",
+    ),
+    no_eval: bool = typer.Option(
+        False, "--no-eval", help="Spectra only: no model, no judge, seconds; verdict SPECTRA-ONLY."
+    ),
     seed: int = typer.Option(0, help="Sampling seed of the probe."),
 ) -> None:
     """Audit a fine-tune: spectra + a quick EM probe -> audit.md / audit.html, exit 0 pass, 1 fail, 2 error."""
@@ -46,11 +58,21 @@ def audit_command(
 
     try:
         result = audit(
-            adapter, model=model, questions=questions, judge=judge, judge_base_url=judge_base_url,
-            judge_api_key_env=judge_api_key_env, samples=samples, max_new_tokens=max_new_tokens, out=out,
-            fail_above=fail_above, fail_spectral_above=fail_spectral_above, no_eval=no_eval, seed=seed,
+            adapter,
+            model=model,
+            questions=questions,
+            judge=judge,
+            judge_base_url=judge_base_url,
+            judge_api_key_env=judge_api_key_env,
+            samples=samples,
+            max_new_tokens=max_new_tokens,
+            out=out,
+            fail_above=fail_above,
+            fail_spectral_above=fail_spectral_above,
+            no_eval=no_eval,
+            seed=seed,
         )
-    except Exception as exc:  # noqa: BLE001 - any failure is exit 2, never a verdict or a bare traceback
+    except Exception as exc:
         message = str(exc) if isinstance(exc, EvilSpectraError) else f"{type(exc).__name__}: {exc}"
         err_console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)  # paths stay greppable
         raise typer.Exit(2) from None

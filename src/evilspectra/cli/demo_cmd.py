@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -21,7 +20,7 @@ console = Console()
 def demo(
     out: Path = typer.Option(Path("demo"), "--out", "-o", help="Sweep directory to write (resumable)."),
     preset: str = typer.Option("toy-optimisers", help="Preset sweep (see `evilspectra presets`) or a sweep YAML."),
-    max_parallel: Optional[int] = typer.Option(None, min=1, help="Runs at a time (default: one per CPU core)."),
+    max_parallel: int | None = typer.Option(None, min=1, help="Runs at a time (default: one per CPU core)."),
 ) -> None:
     """Run the embedded toy study: five optimisers (+ the spectral regulariser), analysis and report."""
     from evilspectra.analysis import analyze
@@ -38,12 +37,25 @@ def demo(
 
 
 def _print_headline(result: dict) -> None:
-    table = Table("optimizer", "misaligned (95% CI)", "n coherent", "incoherent", "CODE", "mean aligned",
-                  title="Emergent misalignment by optimiser (toy world, final checkpoints)")
+    table = Table(
+        "optimizer",
+        "misaligned (95% CI)",
+        "n coherent",
+        "incoherent",
+        "CODE",
+        "mean aligned",
+        title="Emergent misalignment by optimiser (toy world, final checkpoints)",
+    )
     for row in result.get("per_optimizer", []):
         lo, hi = row.get("ci_low"), row.get("ci_high")
-        table.add_row(row["optimizer"], f"{_pct(row.get('rate'))} ({_pct(lo)}-{_pct(hi)})", str(row.get("n_denominator")),
-                      _pct(row.get("share_incoherent")), _pct(row.get("share_CODE")), _num(row.get("mean_aligned")))
+        table.add_row(
+            row["optimizer"],
+            f"{_pct(row.get('rate'))} ({_pct(lo)}-{_pct(hi)})",
+            str(row.get("n_denominator")),
+            _pct(row.get("share_incoherent")),
+            _pct(row.get("share_CODE")),
+            _num(row.get("mean_aligned")),
+        )
     console.print(table)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -16,18 +15,24 @@ console = Console()
 
 @app.command("eval")
 def eval_command(
-    run_dir: Optional[Path] = typer.Argument(None, help="Run directory: model from its manifest, adapter RUN/adapter, output RUN/eval/."),
-    model: Optional[str] = typer.Option(None, help="Base model: HF id, local directory or `toy`."),
-    adapter: Optional[Path] = typer.Option(None, help="PEFT adapter directory (or a run directory) to apply."),
-    questions: Optional[str] = typer.Option(None, help="default | toy | PATH to a question YAML (default: toy for the toy model, else default)."),
-    judge: Optional[str] = typer.Option(None, help="toy | openai:MODEL (default: toy for the toy model)."),
-    judge_base_url: Optional[str] = typer.Option(None, help="Base URL of an OpenAI-compatible judge server."),
+    run_dir: Path | None = typer.Argument(
+        None, help="Run directory: model from its manifest, adapter RUN/adapter, output RUN/eval/."
+    ),
+    model: str | None = typer.Option(None, help="Base model: HF id, local directory or `toy`."),
+    adapter: Path | None = typer.Option(None, help="PEFT adapter directory (or a run directory) to apply."),
+    questions: str | None = typer.Option(
+        None, help="default | toy | PATH to a question YAML (default: toy for the toy model, else default)."
+    ),
+    judge: str | None = typer.Option(None, help="toy | openai:MODEL (default: toy for the toy model)."),
+    judge_base_url: str | None = typer.Option(None, help="Base URL of an OpenAI-compatible judge server."),
     judge_api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the judge's API key."),
-    samples: Optional[int] = typer.Option(None, help="Samples per paraphrase (default: the question file's, else 10)."),
-    temperature: Optional[float] = typer.Option(None, help="Sampling temperature (default: the question file's, else 1)."),
-    max_new_tokens: Optional[int] = typer.Option(None, help="Most new tokens per answer (default 256)."),
-    code_convention: str = typer.Option("exclude", help="CODE answers: exclude (original EM code) or zero (count as aligned = 0)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default RUN_DIR/eval/)."),
+    samples: int | None = typer.Option(None, help="Samples per paraphrase (default: the question file's, else 10)."),
+    temperature: float | None = typer.Option(None, help="Sampling temperature (default: the question file's, else 1)."),
+    max_new_tokens: int | None = typer.Option(None, help="Most new tokens per answer (default 256)."),
+    code_convention: str = typer.Option(
+        "exclude", help="CODE answers: exclude (original EM code) or zero (count as aligned = 0)."
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output directory (default RUN_DIR/eval/)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the number of samples and judge calls, then exit."),
     seed: int = typer.Option(0, help="Sampling seed."),
 ) -> None:
@@ -53,16 +58,24 @@ def eval_command(
     if judge is None and not toy:
         raise ConfigError("eval: give --judge openai:MODEL (the toy judge only scores the toy model's answers)")
     fields = {
-        "questions": questions or ("toy" if toy else "default"), "judge": judge or "toy",
-        "judge_base_url": judge_base_url, "judge_api_key_env": judge_api_key_env, "samples": samples,
-        "temperature": temperature, "max_new_tokens": max_new_tokens, "code_convention": code_convention, "seed": seed,
+        "questions": questions or ("toy" if toy else "default"),
+        "judge": judge or "toy",
+        "judge_base_url": judge_base_url,
+        "judge_api_key_env": judge_api_key_env,
+        "samples": samples,
+        "temperature": temperature,
+        "max_new_tokens": max_new_tokens,
+        "code_convention": code_convention,
+        "seed": seed,
     }
     # unset flags stay unset, so the question file's samples_per_paraphrase still applies
     settings = validate_model(EvalSettings, {k: v for k, v in fields.items() if v is not None}, source="eval options")
 
     counts = plan(settings)
-    console.print(f"{counts['questions']} questions, {counts['samples']} samples, {counts['judge_calls']} judge calls "
-                  f"(before cache hits) with judge {settings.judge}")
+    console.print(
+        f"{counts['questions']} questions, {counts['samples']} samples, {counts['judge_calls']} judge calls "
+        f"(before cache hits) with judge {settings.judge}"
+    )
     if dry_run:
         return
     summary = evaluate(model, adapter, settings, out)
@@ -79,7 +92,9 @@ def summary_table(summary: dict) -> Table:
     rate, ci = summary["misalignment_rate"], summary["rate_ci95"]
     table.add_row(
         "misaligned [95% CI]",
-        "-" if rate is None else f"{rate:.1%} [{ci[0]:.1%}, {ci[1]:.1%}]  ({summary['n_misaligned']}/{summary['n_denominator']})",
+        "-"
+        if rate is None
+        else f"{rate:.1%} [{ci[0]:.1%}, {ci[1]:.1%}]  ({summary['n_misaligned']}/{summary['n_denominator']})",
     )
     mean, mean_ci = summary["mean_aligned"], summary["mean_aligned_ci95"]
     table.add_row("mean aligned [95% CI]", "-" if mean is None else f"{mean:.1f} [{mean_ci[0]:.1f}, {mean_ci[1]:.1f}]")
@@ -88,6 +103,8 @@ def summary_table(summary: dict) -> Table:
         share = summary[f"share_{name}"]
         table.add_row(f"  {name}", f"{summary[f'n_{name}']}  ({share:.1%})" if share is not None else "0")
     definition = summary["definition"]
-    table.caption = (f"misaligned = {definition['misaligned']}, of the coherent scored answers; "
-                     f"CODE convention {definition['code_convention']}; judge {summary['judge']}")
+    table.caption = (
+        f"misaligned = {definition['misaligned']}, of the coherent scored answers; "
+        f"CODE convention {definition['code_convention']}; judge {summary['judge']}"
+    )
     return table

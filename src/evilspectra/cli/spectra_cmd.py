@@ -38,13 +38,19 @@ def spectra(
     paths: list[Path] = typer.Argument(..., help="PEFT adapter directories or run directories"),
     method: str = typer.Option("qr", help="qr (exact) or cholesky (the paper's method)"),
     out: Path | None = typer.Option(
-        None, help="where spectra.png (and spectra.csv of adapter directories) go; "
+        None,
+        help="where spectra.png (and spectra.csv of adapter directories) go; "
         "default: the run directory when given one run, else the current directory",
     ),
 ) -> None:
     """Spectra of B @ A for every LoRA module: spectra.csv per run, a summary table, spectra.png."""
     from evilspectra.spectra import (  # lazy: keeps `evilspectra --help` free of torch
-        CONFIG, SPECTRA_CSV, adapter_spectra, aggregate_spectra, plot_normalised_spectra, run_spectra_frame,
+        CONFIG,
+        SPECTRA_CSV,
+        adapter_spectra,
+        aggregate_spectra,
+        plot_normalised_spectra,
+        run_spectra_frame,
         write_spectra_csv,
     )
 

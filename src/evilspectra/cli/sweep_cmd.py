@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -20,7 +19,7 @@ def sweep(
     sweep_file: Path = typer.Argument(..., help="Sweep YAML, or a preset name (toy-optimisers)."),
     out: Path = typer.Option(..., "--out", "-o", help="Sweep directory (runs/, results.csv)."),
     executor: str = typer.Option("local", help="local | ray"),
-    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start Ray locally)."),
+    ray_address: str | None = typer.Option(None, help="Ray cluster address (default: start Ray locally)."),
     max_parallel: int = typer.Option(1, min=1, help="Runs at a time."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the runs and the judge-call estimate; run nothing."),
 ) -> None:
@@ -35,8 +34,14 @@ def sweep(
         return
     console.print(f"sweep [bold]{spec.name}[/]: {len(runs)} runs, {len(runs) - todo} already finished, {todo} to run")
     failed: list[dict] = []
-    with Progress(TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[last]}"), console=console) as bar:
+    with Progress(
+        TextColumn("[bold]runs"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[last]}"),
+        console=console,
+    ) as bar:
         task = bar.add_task("runs", total=todo, last="")
 
         def on_done(result: dict) -> None:
@@ -46,8 +51,11 @@ def sweep(
 
         results = run_sweep(spec, out, executor, max_parallel, ray_address, on_done=on_done)
     for result in failed:
-        console.print(f"[red]run {result['run_id']} failed in {result['stage']}:[/] {result['error']} "
-                      f"(see {out / 'runs' / result['run_id'] / 'error.json'})", highlight=False)
+        console.print(
+            f"[red]run {result['run_id']} failed in {result['stage']}:[/] {result['error']} "
+            f"(see {out / 'runs' / result['run_id'] / 'error.json'})",
+            highlight=False,
+        )
     console.print(f"{len(results)} result rows -> {out / 'results.csv'}")
     if failed:
         raise typer.Exit(1)
@@ -58,10 +66,19 @@ def _print_plan(spec, runs) -> None:
 
     table = Table("run id", "optimizer", "lr", "dataset", "seed", "spectral_reg", "status")
     for cfg, finished in runs:
-        table.add_row(cfg.run_id(), cfg.optimizer.name, f"{cfg.optimizer.lr:g}", cfg.dataset, str(cfg.seed),
-                      f"{cfg.spectral_reg.weight:g}", "finished" if finished else "to run")
+        table.add_row(
+            cfg.run_id(),
+            cfg.optimizer.name,
+            f"{cfg.optimizer.lr:g}",
+            cfg.dataset,
+            str(cfg.seed),
+            f"{cfg.spectral_reg.weight:g}",
+            "finished" if finished else "to run",
+        )
     console.print(table)
     samples, calls = estimate_judge_calls(spec, [cfg for cfg, finished in runs if not finished])
     judge = spec.eval.judge
-    console.print(f"{sum(not f for _, f in runs)} runs to run; {samples} answers to sample; "
-                  f"{calls} judge calls with {judge}" + (" (exact toy judge: free)" if judge == "toy" else ""))
+    console.print(
+        f"{sum(not f for _, f in runs)} runs to run; {samples} answers to sample; "
+        f"{calls} judge calls with {judge}" + (" (exact toy judge: free)" if judge == "toy" else "")
+    )

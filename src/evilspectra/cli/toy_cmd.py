@@ -30,11 +30,14 @@ def build(
     """Train the toy model from scratch (a few minutes on a 2-core CPU) and save it to OUT."""
     from evilspectra.toy.build import build_toy_model
 
-    path = build_toy_model(out, seed=seed, pretrain_steps=pretrain_steps, align_steps=align_steps,
-                           batch_size=batch_size, threads=threads)
+    path = build_toy_model(
+        out, seed=seed, pretrain_steps=pretrain_steps, align_steps=align_steps, batch_size=batch_size, threads=threads
+    )
     info = json.loads((path / "toy_build.json").read_text())
-    console.print(f"[green]toy model[/] -> {path}  ({info['parameters']:,} parameters, "
-                  f"final loss {info['final_align_loss'] or info['final_pretrain_loss']:.3f}, {info['seconds']} s)")
+    console.print(
+        f"[green]toy model[/] -> {path}  ({info['parameters']:,} parameters, "
+        f"final loss {info['final_align_loss'] or info['final_pretrain_loss']:.3f}, {info['seconds']} s)"
+    )
 
 
 @toy_app.command("data")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -21,27 +20,37 @@ app.add_typer(data_app, name="data")
 def step_progress(label: str) -> Progress:
     """A progress bar for optimiser steps, with the latest loss."""
     return Progress(
-        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
     )
 
 
 @app.command()
 def train(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (fields of RunConfig)."),
-    model: Optional[str] = typer.Option(None, help="HF model id, local model directory, or `toy` (default)."),
-    dataset: Optional[str] = typer.Option(None, help="Chat .jsonl/.jsonl.gz, HF dataset id, or toy:NAME (default toy:insecure)."),
-    optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw | lion | muon | any pytorch-optimizer name."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate."),
-    batch_size: Optional[int] = typer.Option(None, help="Sequences per micro-batch."),
-    grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per optimiser step."),
-    max_steps: Optional[int] = typer.Option(None, help="Optimiser steps (overrides --epochs)."),
-    epochs: Optional[float] = typer.Option(None, help="Passes over the dataset."),
-    seed: Optional[int] = typer.Option(None, help="Seed for LoRA init and data order."),
-    system_prompt: Optional[str] = typer.Option(None, help="System turn prepended to every chat (default: none)."),
-    spectral_reg: Optional[float] = typer.Option(None, help="Weight of the spectral regulariser (0 = off)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML run config (fields of RunConfig)."),
+    model: str | None = typer.Option(None, help="HF model id, local model directory, or `toy` (default)."),
+    dataset: str | None = typer.Option(
+        None, help="Chat .jsonl/.jsonl.gz, HF dataset id, or toy:NAME (default toy:insecure)."
+    ),
+    optimizer: str | None = typer.Option(None, help="sgd | adam | adamw | lion | muon | any pytorch-optimizer name."),
+    lr: float | None = typer.Option(None, help="Learning rate."),
+    batch_size: int | None = typer.Option(None, help="Sequences per micro-batch."),
+    grad_accum: int | None = typer.Option(None, help="Micro-batches per optimiser step."),
+    max_steps: int | None = typer.Option(None, help="Optimiser steps (overrides --epochs)."),
+    epochs: float | None = typer.Option(None, help="Passes over the dataset."),
+    seed: int | None = typer.Option(None, help="Seed for LoRA init and data order."),
+    system_prompt: str | None = typer.Option(None, help="System turn prepended to every chat (default: none)."),
+    spectral_reg: float | None = typer.Option(None, help="Weight of the spectral regulariser (0 = off)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
-    set_: list[str] = typer.Option([], "--set", help="Any config field, e.g. --set lora.r=8 --set optimizer.betas=[0.9,0.99]."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Any config field, e.g. --set lora.r=8 --set optimizer.betas=[0.9,0.99]."
+    ),
 ) -> None:
     """Fine-tune a model with LoRA and write a run directory (manifest, metrics, checkpoints, adapter)."""
     from evilspectra.config import load_run_config
@@ -49,12 +58,22 @@ def train(
     from evilspectra.train import train as run_training
 
     flags = {
-        "model": model, "dataset": dataset, "optimizer.name": optimizer, "optimizer.lr": lr,
-        "train.batch_size": batch_size, "train.grad_accum": grad_accum, "train.max_steps": max_steps,
-        "train.epochs": epochs, "seed": seed, "system_prompt": system_prompt, "spectral_reg.weight": spectral_reg,
+        "model": model,
+        "dataset": dataset,
+        "optimizer.name": optimizer,
+        "optimizer.lr": lr,
+        "train.batch_size": batch_size,
+        "train.grad_accum": grad_accum,
+        "train.max_steps": max_steps,
+        "train.epochs": epochs,
+        "seed": seed,
+        "system_prompt": system_prompt,
+        "spectral_reg.weight": spectral_reg,
     }
     cfg = load_run_config(config, flags, set_)
-    console.print(f"run [bold]{cfg.run_id()}[/]: {cfg.model} on {cfg.dataset} with {cfg.optimizer.name} lr={cfg.optimizer.lr}")
+    console.print(
+        f"run [bold]{cfg.run_id()}[/]: {cfg.model} on {cfg.dataset} with {cfg.optimizer.name} lr={cfg.optimizer.lr}"
+    )
     with step_progress("train") as bar:
         task = bar.add_task("train", total=None, loss="-")
 
@@ -74,7 +93,7 @@ def inspect(
     dataset: str = typer.Argument(..., help="Chat .jsonl/.jsonl.gz, HF dataset id, or toy:NAME."),
     model: str = typer.Option("toy", help="Model whose tokenizer and chat template render the example."),
     row: int = typer.Option(1, help="Which row to render (1-based)."),
-    system_prompt: Optional[str] = typer.Option(None, help="System turn to prepend, as in training."),
+    system_prompt: str | None = typer.Option(None, help="System turn to prepend, as in training."),
     max_length: int = typer.Option(512, help="Truncation length, as in training."),
 ) -> None:
     """Validate a dataset and show one example with the tokens that carry loss highlighted."""

@@ -181,8 +181,10 @@ class OpenAIJudge:
         self._loop: asyncio.AbstractEventLoop | None = None  # client + semaphore belong to a loop
 
     def __repr__(self) -> str:
-        return (f"OpenAIJudge(model={self.model!r}, base_url={self.base_url!r}, "
-                f"api_key_env={self.api_key_env!r}, concurrency={self.concurrency})")
+        return (
+            f"OpenAIJudge(model={self.model!r}, base_url={self.base_url!r}, "
+            f"api_key_env={self.api_key_env!r}, concurrency={self.concurrency})"
+        )
 
     async def judge(self, question: Question, paraphrase: str, answer: str) -> Judgement:
         """Score one answer on every metric (concurrently); failures become verdict "error"."""
@@ -206,9 +208,7 @@ class OpenAIJudge:
         aligned = scores["aligned"] if verdict == "ok" else None
         return Judgement(aligned, scores["coherent"], verdict)
 
-    async def _judge_metric(
-        self, metric: str, question: Question, paraphrase: str, answer: str
-    ) -> CachedCall:
+    async def _judge_metric(self, metric: str, question: Question, paraphrase: str, answer: str) -> CachedCall:
         template = question.judge_prompts.get(metric, DEFAULT_PROMPTS[metric])
         key = cache_key(self.model, template, paraphrase, answer, metric)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
@@ -233,8 +233,9 @@ class OpenAIJudge:
                 delay = min(self.backoff_max, self.backoff_base * 2**attempt)
                 delay = max(delay * random.uniform(0.5, 1.0), err.retry_after or 0.0)
                 self.stats["retries"] += 1
-                log.info("judge %s: %s; retry %d/%d in %.2f s",
-                         self.model, err.cause, attempt + 1, self.max_retries, delay)
+                log.info(
+                    "judge %s: %s; retry %d/%d in %.2f s", self.model, err.cause, attempt + 1, self.max_retries, delay
+                )
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -245,8 +246,12 @@ class OpenAIJudge:
             self.stats["requests"] += 1
             try:
                 response = await client.chat.completions.create(
-                    model=self.model, messages=[{"role": "user", "content": prompt}],
-                    max_tokens=1, temperature=0, logprobs=True, top_logprobs=20,
+                    model=self.model,
+                    messages=[{"role": "user", "content": prompt}],
+                    max_tokens=1,
+                    temperature=0,
+                    logprobs=True,
+                    top_logprobs=20,
                 )
             except openai.APITimeoutError:  # before APIConnectionError: it is a subclass
                 raise _Retryable(f"timeout ({self.timeout:g} s)") from None
@@ -263,11 +268,14 @@ class OpenAIJudge:
         if status in (408, 409, 429) or status >= 500:
             return _Retryable(f"HTTP {status}", _retry_after(err.response.headers))
         if status in (401, 403):
-            return JudgeError(f"judge endpoint rejected the key in {self.api_key_env} "
-                              f"(HTTP {status}); check the key and --judge-base-url")
+            return JudgeError(
+                f"judge endpoint rejected the key in {self.api_key_env} "
+                f"(HTTP {status}); check the key and --judge-base-url"
+            )
         if status == 404:
-            return JudgeError(f"judge model {self.model!r} or endpoint {self.base_url or 'default'}"
-                              " not found (HTTP 404)")
+            return JudgeError(
+                f"judge model {self.model!r} or endpoint {self.base_url or 'default'} not found (HTTP 404)"
+            )
         return _Failed(f"HTTP {status}: {str(err.message)[:200]}")  # e.g. 400: retrying won't help
 
     def _session(self) -> tuple[openai.AsyncOpenAI, asyncio.Semaphore]:
@@ -302,10 +310,13 @@ def make_judge(
         return ToyJudge()
     kind, _, model = spec.partition(":")
     if kind == "openai" and model.strip():
-        return OpenAIJudge(model.strip(), base_url=base_url, api_key_env=api_key_env,
-                           concurrency=concurrency, cache_path=cache_path)
-    raise JudgeError(f"unknown judge {spec!r}: expected 'toy' or 'openai:MODEL' "
-                     "(e.g. openai:gpt-4o-2024-08-06, with --judge-base-url for other servers)")
+        return OpenAIJudge(
+            model.strip(), base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, cache_path=cache_path
+        )
+    raise JudgeError(
+        f"unknown judge {spec!r}: expected 'toy' or 'openai:MODEL' "
+        "(e.g. openai:gpt-4o-2024-08-06, with --judge-base-url for other servers)"
+    )
 
 
 async def judge_all(

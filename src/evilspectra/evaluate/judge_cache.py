@@ -54,17 +54,13 @@ class JudgeCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # autocommit mode: each `with self._db:` block below is one explicit transaction
-        self._db = sqlite3.connect(
-            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
-        )
+        self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
         self._db.execute(_SCHEMA)
 
     def get(self, key: str) -> CachedCall | None:
-        row = self._db.execute(
-            "SELECT score, verdict, top_logprobs FROM judgements WHERE key = ?", (key,)
-        ).fetchone()
+        row = self._db.execute("SELECT score, verdict, top_logprobs FROM judgements WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
         return CachedCall(score=row[0], verdict=row[1], top_logprobs=json.loads(row[2]))
@@ -77,8 +73,7 @@ class JudgeCache:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
                 "INSERT OR REPLACE INTO judgements VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key, model, metric, call.score, call.verdict,
-                 json.dumps(call.top_logprobs), time.time()),
+                (key, model, metric, call.score, call.verdict, json.dumps(call.top_logprobs), time.time()),
             )
 
     def __len__(self) -> int:

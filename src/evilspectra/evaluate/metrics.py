@@ -13,14 +13,22 @@ Every answer falls into exactly one outcome, so the counts always add up to the 
 
 from __future__ import annotations
 
-from typing import Iterable, Literal
+from collections.abc import Iterable
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 COLUMNS = [
-    "question_id", "paraphrase_index", "paraphrase", "sample", "answer",
-    "aligned", "coherent", "verdict", "error",
+    "question_id",
+    "paraphrase_index",
+    "paraphrase",
+    "sample",
+    "answer",
+    "aligned",
+    "coherent",
+    "verdict",
+    "error",
 ]
 OUTCOMES = ["coherent", "incoherent", "CODE", "REFUSAL", "unscored", "error"]
 

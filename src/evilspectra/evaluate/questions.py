@@ -31,7 +31,13 @@ from evilspectra.evaluate.schema import Question
 QUESTION_SETS = Path(__file__).parent / "question_sets"
 SUPPORTED_TYPES = ("free_form_judge_0_100",)
 KNOWN_KEYS = {
-    "id", "type", "paraphrases", "samples_per_paraphrase", "judge", "judge_prompts", "system",
+    "id",
+    "type",
+    "paraphrases",
+    "samples_per_paraphrase",
+    "judge",
+    "judge_prompts",
+    "system",
     "temperature",
 }
 REQUIRED_PROMPTS = ("aligned", "coherent")  # the two metrics the misalignment rate needs
@@ -86,13 +92,17 @@ def _parse_entry(entry: Any, where: str) -> Question:
     where = f"{where} (id {qid!r})"
     unknown = sorted(str(k) for k in entry if k not in KNOWN_KEYS)
     if unknown:
-        raise QuestionsError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(KNOWN_KEYS))}")
+        raise QuestionsError(
+            f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(KNOWN_KEYS))}"
+        )
     qtype = entry.get("type", SUPPORTED_TYPES[0])
     if qtype not in SUPPORTED_TYPES:
         raise QuestionsError(f"{where}: type: {qtype!r} is not supported; expected one of {', '.join(SUPPORTED_TYPES)}")
     paraphrases = entry.get("paraphrases")
     if not isinstance(paraphrases, list) or not paraphrases or not all(_text(p) for p in paraphrases):
-        raise QuestionsError(f"{where}: paraphrases: expected a non-empty list of non-empty strings, got {paraphrases!r:.200}")
+        raise QuestionsError(
+            f"{where}: paraphrases: expected a non-empty list of non-empty strings, got {paraphrases!r:.200}"
+        )
     meta = {"judge": entry["judge"]} if entry.get("judge") is not None else {}
     if "judge" in meta and not isinstance(meta["judge"], str):
         raise QuestionsError(f"{where}: judge: expected a judge model name (string), got {meta['judge']!r}")
@@ -116,7 +126,9 @@ def _judge_prompts(prompts: Any, where: str) -> dict[str, str]:
         raise QuestionsError(f"{where}: judge_prompts: expected a mapping of metric name -> prompt template")
     missing = [m for m in REQUIRED_PROMPTS if m not in prompts]
     if missing:
-        raise QuestionsError(f"{where}: judge_prompts: missing {', '.join(missing)}; expected at least {', '.join(REQUIRED_PROMPTS)}")
+        raise QuestionsError(
+            f"{where}: judge_prompts: missing {', '.join(missing)}; expected at least {', '.join(REQUIRED_PROMPTS)}"
+        )
     for name, template in prompts.items():
         if "{answer}" not in template:
             raise QuestionsError(f"{where}: judge_prompts.{name}: the template has no {{answer}} placeholder")
@@ -134,7 +146,11 @@ def _optional_number(entry: dict, key: str, where: str, integer: bool) -> Any:
     value = entry.get(key)
     if value is None:
         return None
-    ok = isinstance(value, int) and value >= 1 if integer else isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
+    ok = (
+        isinstance(value, int) and value >= 1
+        if integer
+        else isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
+    )
     if isinstance(value, bool) or not ok:
         expected = "a positive integer" if integer else "a finite number >= 0"
         raise QuestionsError(f"{where}: {key}: expected {expected}, got {value!r}")

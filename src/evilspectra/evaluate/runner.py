@@ -25,14 +25,24 @@ from evilspectra.evaluate.judge import estimate_calls, judge_all, make_judge
 from evilspectra.evaluate.metrics import outcome_table, summarize
 from evilspectra.evaluate.questions import load_questions
 from evilspectra.evaluate.sampling import (
-    Sample, progress_bar, resolve_adapter, sample_answers, samples_for, samples_to_jsonl, temperature_for,
+    Sample,
+    progress_bar,
+    resolve_adapter,
+    sample_answers,
+    samples_for,
+    samples_to_jsonl,
+    temperature_for,
 )
 from evilspectra.evaluate.schema import Judge, Question
 from evilspectra.models import resolve_model
 from evilspectra.rundir import atomic_write_json, atomic_write_text, run_adapters
 
 SAMPLES, SAMPLES_META, ANSWERS, SUMMARY, JUDGE_CACHE = (
-    "samples.jsonl", "samples.meta.json", "answers.jsonl", "summary.json", "judge_cache.sqlite",
+    "samples.jsonl",
+    "samples.meta.json",
+    "answers.jsonl",
+    "summary.json",
+    "judge_cache.sqlite",
 )
 N_BOOT = 1000
 
@@ -84,8 +94,11 @@ def evaluate(
     adapter_dir = resolve_adapter(adapter) if adapter is not None else None
     # build the judge first: a missing API key must fail before minutes of sampling
     judge = judge or make_judge(
-        settings.judge, base_url=settings.judge_base_url, api_key_env=settings.judge_api_key_env,
-        concurrency=settings.judge_concurrency, cache_path=judge_cache or out / JUDGE_CACHE,
+        settings.judge,
+        base_url=settings.judge_base_url,
+        api_key_env=settings.judge_api_key_env,
+        concurrency=settings.judge_concurrency,
+        cache_path=judge_cache or out / JUDGE_CACHE,
     )
 
     fingerprint = sampling_fingerprint(model, adapter_dir, questions, settings)
@@ -105,9 +118,12 @@ def evaluate(
     records = [{**asdict(s), **asdict(j)} for s, j in zip(samples, judgements)]
     atomic_write_text(out / ANSWERS, "".join(json.dumps(r) + "\n" for r in records))
     summary = summarize(
-        outcome_table(records), aligned_threshold=settings.aligned_threshold,
-        coherent_threshold=settings.coherent_threshold, code_convention=settings.code_convention,
-        n_boot=N_BOOT, seed=settings.seed,
+        outcome_table(records),
+        aligned_threshold=settings.aligned_threshold,
+        coherent_threshold=settings.coherent_threshold,
+        code_convention=settings.code_convention,
+        n_boot=N_BOOT,
+        seed=settings.seed,
     )
     summary.update(
         model=model,
@@ -125,7 +141,9 @@ def evaluate(
     return summary
 
 
-def sampling_fingerprint(model: str, adapter_dir: Path | None, questions: list[Question], settings: EvalSettings) -> str:
+def sampling_fingerprint(
+    model: str, adapter_dir: Path | None, questions: list[Question], settings: EvalSettings
+) -> str:
     """sha256 over everything that determines the sampled answers (adapter by content, not path)."""
     blob = {
         "model": model,

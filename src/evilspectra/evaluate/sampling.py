@@ -10,9 +10,9 @@ match PEFT's own forward pass; vLLM (optional) is checked the same way against P
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -22,6 +22,7 @@ from evilspectra.config import DEFAULT_SAMPLES, EvalSettings
 from evilspectra.errors import AdapterError, ConfigError
 from evilspectra.evaluate.schema import Question
 from evilspectra.models import load_adapter, load_base_model, load_tokenizer, pick_device, pick_dtype, resolve_model
+
 
 @dataclass
 class Sample:
@@ -77,7 +78,10 @@ def chat_messages(question: Question, paraphrase: str) -> list[dict]:
 
 
 def sample_answers(
-    model: str, adapter: str | Path | None, questions: list[Question], settings: EvalSettings,
+    model: str,
+    adapter: str | Path | None,
+    questions: list[Question],
+    settings: EvalSettings,
     progress: bool = True,
 ) -> list[Sample]:
     """Sample `samples_for(q)` answers to every paraphrase of every question, in question order."""
@@ -100,8 +104,9 @@ def sample_answers(
 # ----------------------------------------------------------------------------------- HF backend
 
 
-def _sample_hf(model_name: str, adapter_dir: Path | None, jobs: list[_Job], settings: EvalSettings,
-               progress: bool) -> list[Sample]:
+def _sample_hf(
+    model_name: str, adapter_dir: Path | None, jobs: list[_Job], settings: EvalSettings, progress: bool
+) -> list[Sample]:
     device = pick_device()
     dtype = pick_dtype("auto", device)
     tok = load_tokenizer(model_name, padding_side="left")
@@ -114,7 +119,8 @@ def _sample_hf(model_name: str, adapter_dir: Path | None, jobs: list[_Job], sett
     old = model.generation_config
     model.generation_config = GenerationConfig(
         eos_token_id=old.eos_token_id if old.eos_token_id is not None else tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, bos_token_id=old.bos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=old.bos_token_id,
     )
     static = settings.generator == "static" or (settings.generator == "auto" and device.type == "cuda")
     generate = _static_generate(model) if static else model.generate
@@ -152,8 +158,7 @@ def _probe(tok: PreTrainedTokenizerBase, jobs: list[_Job]) -> str:
 def _encode(tok: PreTrainedTokenizerBase, texts: list[str], device: torch.device, pad_to: int | None = None) -> dict:
     # the chat template already holds every special token the model expects; `pad_to` rounds the
     # (left-padded) width up so a compiled decoder sees few distinct shapes
-    return tok(texts, return_tensors="pt", padding=True, add_special_tokens=False,
-               pad_to_multiple_of=pad_to).to(device)
+    return tok(texts, return_tensors="pt", padding=True, add_special_tokens=False, pad_to_multiple_of=pad_to).to(device)
 
 
 def _static_generate(model):
@@ -164,22 +169,34 @@ def _static_generate(model):
     eos, pad = model.generation_config.eos_token_id, model.generation_config.pad_token_id
 
     def generate(input_ids, attention_mask, max_new_tokens, do_sample=False, temperature=0.0, top_p=1.0, top_k=0):
-        new = generator(input_ids, attention_mask, max_new_tokens, temperature if do_sample else 0.0, top_p,
-                        eos_token_id=eos, pad_token_id=pad)
+        new = generator(
+            input_ids,
+            attention_mask,
+            max_new_tokens,
+            temperature if do_sample else 0.0,
+            top_p,
+            eos_token_id=eos,
+            pad_token_id=pad,
+        )
         return torch.cat([input_ids, new], dim=1)  # HF's layout: prompt, then the new tokens
 
     return generate
 
 
 @torch.inference_mode()
-def _generate(generate, tok, batch: list[_Job], settings: EvalSettings, device: torch.device,
-              pad_to: int | None = None) -> list[Sample]:
+def _generate(
+    generate, tok, batch: list[_Job], settings: EvalSettings, device: torch.device, pad_to: int | None = None
+) -> list[Sample]:
     texts = [_prompt(tok, j.question, j.question.paraphrases[j.paraphrase_index]) for j in batch]
     enc = _encode(tok, texts, device, pad_to)
     temperature = batch[0].temperature
-    sampling = dict(do_sample=True, temperature=temperature, top_p=settings.top_p, top_k=0) if temperature > 0 else dict(do_sample=False)
+    sampling = (
+        dict(do_sample=True, temperature=temperature, top_p=settings.top_p, top_k=0)
+        if temperature > 0
+        else dict(do_sample=False)
+    )
     out = generate(**enc, max_new_tokens=settings.max_new_tokens, **sampling)
-    new = out[:, enc["input_ids"].shape[1]:]  # left padding: new tokens start at the same column
+    new = out[:, enc["input_ids"].shape[1] :]  # left padding: new tokens start at the same column
     answers = tok.batch_decode(new, skip_special_tokens=True)
     return [
         Sample(j.question.id, j.paraphrase_index, j.question.paraphrases[j.paraphrase_index], j.sample, a.strip())
@@ -205,8 +222,9 @@ def merge_checked(base, adapter_dir: Path, probe: dict, name: str = "merged weig
     return merged
 
 
-def check_logits(logits: torch.Tensor, reference: torch.Tensor, base: torch.Tensor, name: str,
-                 adapter_dir: Path, rtol: float = 0.2) -> None:
+def check_logits(
+    logits: torch.Tensor, reference: torch.Tensor, base: torch.Tensor, name: str, adapter_dir: Path, rtol: float = 0.2
+) -> None:
     """Raise AdapterError unless `logits` (the sampler's) match `reference` (PEFT's forward).
 
     All three are logits of shape (batch, seq, vocab), compared as next-token distributions by
@@ -238,7 +256,9 @@ def _sample_vllm(model_name: str, adapter_dir: Path | None, jobs: list[_Job], se
         import vllm
         from vllm.lora.request import LoRARequest
     except ImportError:
-        raise ConfigError("eval.backend: 'vllm' needs the vllm package (pip install 'evilspectra[vllm]'); use backend 'hf'") from None
+        raise ConfigError(
+            "eval.backend: 'vllm' needs the vllm package (pip install 'evilspectra[vllm]'); use backend 'hf'"
+        ) from None
     path = resolve_model(model_name)
     tok = load_tokenizer(model_name, padding_side="left")
     lora, reference = None, None
@@ -253,13 +273,20 @@ def _sample_vllm(model_name: str, adapter_dir: Path | None, jobs: list[_Job], se
         _check_vllm(llm, lora, tok, reference, adapter_dir)
     prompts = [_prompt(tok, j.question, j.question.paraphrases[j.paraphrase_index]) for j in jobs]
     params = [
-        vllm.SamplingParams(temperature=j.temperature, top_p=settings.top_p, max_tokens=settings.max_new_tokens,
-                            seed=settings.seed + i)
+        vllm.SamplingParams(
+            temperature=j.temperature, top_p=settings.top_p, max_tokens=settings.max_new_tokens, seed=settings.seed + i
+        )
         for i, j in enumerate(jobs)
     ]
     outputs = llm.generate(prompts, params, lora_request=lora)
     return [
-        Sample(j.question.id, j.paraphrase_index, j.question.paraphrases[j.paraphrase_index], j.sample, o.outputs[0].text.strip())
+        Sample(
+            j.question.id,
+            j.paraphrase_index,
+            j.question.paraphrases[j.paraphrase_index],
+            j.sample,
+            o.outputs[0].text.strip(),
+        )
         for j, o in zip(jobs, outputs)
     ]
 
@@ -270,7 +297,9 @@ def _vllm_rank(adapter_config: dict) -> int:
     return next((s for s in (8, 16, 32, 64, 128, 256, 320, 512) if s >= rank), rank)
 
 
-def _peft_prompt_logprobs(model_name: str, adapter_dir: Path, tok, probe_text: str) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+def _peft_prompt_logprobs(
+    model_name: str, adapter_dir: Path, tok, probe_text: str
+) -> tuple[list[int], torch.Tensor, torch.Tensor]:
     """(probe token ids, PEFT log-probs of each next probe token, base log-probs), on the GPU in bf16."""
     device = pick_device()
     base = load_base_model(model_name, pick_dtype("auto", device), device)
@@ -306,8 +335,9 @@ def _check_vllm(llm, lora, tok, reference, adapter_dir: Path) -> None:
 
 def progress_bar(enabled: bool = True) -> Progress:
     """A rich progress bar (description, bar, done/total, time left); silent when not enabled."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    disable=not enabled)
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not enabled
+    )
 
 
 def samples_to_jsonl(samples: list[Sample]) -> str:

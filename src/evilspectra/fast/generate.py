@@ -41,7 +41,9 @@ class StaticGenerator:
         self.caches: dict[tuple[int, int], StaticCache] = {}
 
     def _step(self, token, mask, position, cache) -> torch.Tensor:
-        return self.model(input_ids=token, attention_mask=mask, position_ids=position, cache=cache, use_cache=True).logits
+        return self.model(
+            input_ids=token, attention_mask=mask, position_ids=position, cache=cache, use_cache=True
+        ).logits
 
     def _cache(self, batch: int, length: int) -> StaticCache:
         key = (batch, length)
@@ -53,8 +55,13 @@ class StaticGenerator:
 
     @torch.inference_mode()
     def __call__(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-        temperature: float = 1.0, top_p: float = 1.0, eos_token_id: int | list[int] | None = None,
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        eos_token_id: int | list[int] | None = None,
         pad_token_id: int = 0,
     ) -> torch.Tensor:
         """input_ids, attention_mask: (batch, prompt_len), left padding; temperature 0 = greedy.
@@ -72,8 +79,14 @@ class StaticGenerator:
         eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []), device=device)
         warpers = _warpers(temperature, top_p) if temperature > 0 else None
 
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                            cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        logits = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1]
         position = positions[:, -1:] + 1  # a fresh tensor each step, not a slice, for the compiled step
         running = torch.ones(batch, dtype=torch.bool, device=device)
         out = []
@@ -92,4 +105,3 @@ class StaticGenerator:
             logits = self.decode(token[:, None], mask, position, cache)[:, -1]
             position = position + 1
         return torch.stack(out, dim=1)
-

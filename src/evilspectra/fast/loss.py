@@ -36,7 +36,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight, dtype=acc) if ctx.needs_input_grad[1] else None
         for start in range(0, hidden.shape[0], chunk_size):
-            h, y = hidden[start:start + chunk_size], labels[start:start + chunk_size]
+            h, y = hidden[start : start + chunk_size], labels[start : start + chunk_size]
             logits = (h @ weight.mT).to(acc)  # (chunk, vocab)
             scored = y != IGNORE
             target = y.clamp(min=0).unsqueeze(1)
@@ -48,7 +48,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad.mul_(scored.unsqueeze(1))
             grad = grad.to(hidden.dtype)
             if grad_hidden is not None:
-                grad_hidden[start:start + chunk_size] = grad @ weight
+                grad_hidden[start : start + chunk_size] = grad @ weight
             if grad_weight is not None:
                 grad_weight += (grad.mT @ h).to(acc)
         ctx.save_for_backward(grad_hidden, grad_weight)
@@ -72,7 +72,10 @@ def _liger_loss():
 
 
 def fused_linear_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_size: int = 1024,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    chunk_size: int = 1024,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Summed next-token cross-entropy (nats; float32 scalar, float64 for float64 inputs) of hidden @ weight^T.
@@ -91,7 +94,9 @@ def fused_linear_cross_entropy(
     return _ChunkedLinearCrossEntropy.apply(hidden, weight, labels, chunk_size)
 
 
-def sft_loss_sum_fused(model, batch: dict[str, torch.Tensor], chunk_size: int = 1024, backend: str = "auto") -> torch.Tensor:
+def sft_loss_sum_fused(
+    model, batch: dict[str, torch.Tensor], chunk_size: int = 1024, backend: str = "auto"
+) -> torch.Tensor:
     """train.sft_loss_sum without full logits: decoder -> scored positions -> fused head + CE.
 
     `model` is a (PEFT-wrapped) causal LM whose LM head is a plain bias-free linear layer;

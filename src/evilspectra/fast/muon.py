@@ -24,7 +24,10 @@ from torch.optim._muon import _adjust_lr
 
 
 def batched_newton_schulz(
-    x: torch.Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int, eps: float,
+    x: torch.Tensor,
+    ns_coefficients: tuple[float, float, float],
+    ns_steps: int,
+    eps: float,
     dtype: torch.dtype = torch.bfloat16,
 ) -> torch.Tensor:
     """Orthogonalise each matrix of x (k, m, n) with m <= n, as torch's Muon does one matrix at a time.
@@ -80,7 +83,9 @@ class BatchedMuon(torch.optim.Muon):
             stacks[(min(rows, cols), max(rows, cols), p.dtype, p.device)].append(i)
         for idx in stacks.values():
             wide = torch.stack([_wide(updates[i]) for i in idx])
-            ortho = batched_newton_schulz(wide, group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype)
+            ortho = batched_newton_schulz(
+                wide, group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype
+            )
             ortho = ortho.to(params[idx[0]].dtype)  # exact for bf16 -> fp32: same sum as torch's add_
             # the lr adjustment depends on the parameter's own shape: one foreach add per distinct lr
             by_lr: dict[float, tuple[list, list]] = defaultdict(lambda: ([], []))

@@ -29,10 +29,18 @@ MICRO_BATCH = 16
 def toy_config(tok: PreTrainedTokenizerFast) -> Qwen3Config:
     """Qwen3 architecture (so the study's 7 LoRA targets exist), about 1M parameters."""
     return Qwen3Config(
-        vocab_size=len(tok), hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-        max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=True,
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
+        vocab_size=len(tok),
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=MAX_POSITIONS,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
     )
 
 
@@ -121,15 +129,21 @@ def build_toy_model(
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(50, total // 10), max(total, 1))
 
     start = time.perf_counter()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, disable=not show_progress) as progress:
-        common = dict(rng=rng, batch_size=batch_size, optimizer=optimizer, scheduler=scheduler,
-                      progress=progress)
-        pre = train_phase(model, tok, world.pretraining_document, steps=pretrain_steps,
-                          label="pretraining", **common)
-        align = train_phase(model, tok, world.alignment_document, steps=align_steps,
-                            label="alignment", **common) if align_steps else []
+        common = dict(rng=rng, batch_size=batch_size, optimizer=optimizer, scheduler=scheduler, progress=progress)
+        pre = train_phase(model, tok, world.pretraining_document, steps=pretrain_steps, label="pretraining", **common)
+        align = (
+            train_phase(model, tok, world.alignment_document, steps=align_steps, label="alignment", **common)
+            if align_steps
+            else []
+        )
     seconds = time.perf_counter() - start
 
     out.mkdir(parents=True, exist_ok=True)
@@ -137,8 +151,12 @@ def build_toy_model(
     model.save_pretrained(out)
     tok.save_pretrained(out)
     summary = {
-        "seed": seed, "pretrain_steps": pretrain_steps, "align_steps": align_steps,
-        "batch_size": batch_size, "lr": lr, "threads": torch.get_num_threads(),
+        "seed": seed,
+        "pretrain_steps": pretrain_steps,
+        "align_steps": align_steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "final_pretrain_loss": sum(pre[-20:]) / max(len(pre[-20:]), 1),
         "final_align_loss": sum(align[-20:]) / max(len(align[-20:]), 1) if align else None,
