@@ -138,3 +138,17 @@ def test_static_cache_generator_gives_the_same_answers_as_hf_generate(tiny_model
         str(tiny_model_dir), adapter_dir, QUESTIONS, settings(generator="static", **kw), progress=False
     )
     assert [s.answer for s in static] == [s.answer for s in hf]
+
+
+def test_static_generator_is_opt_in_until_verified_on_a_gpu(monkeypatch):
+    """Issue 15: no GPU result is committed, so the default and `auto` take HF generate on CUDA too."""
+    import evilspectra.evaluate.sampling as sampling
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert EvalSettings().generator == "hf"
+    assert not sampling.CUDA_VERIFIED
+    assert [sampling.resolve_generator(g, cuda) for g in ("auto", "hf", "static")] == ["hf", "hf", "static"]
+    # once a committed GPU result lists it, `auto` picks it on CUDA and still never on a CPU
+    monkeypatch.setattr(sampling, "CUDA_VERIFIED", frozenset({"static_generator"}))
+    assert sampling.resolve_generator("auto", cuda) == "static"
+    assert sampling.resolve_generator("auto", cpu) == "hf"

@@ -95,7 +95,9 @@ class EvalSettings(_Strict):
     checkpoints: Literal["final", "all"] | list[int] = "final"
     backend: Literal["hf", "vllm"] = "hf"
     generator: Literal["auto", "hf", "static"] = Field(
-        "auto", description="hf: HF generate; static: reused static KV cache (compiled on CUDA); auto: static on CUDA"
+        "hf",
+        description="hf: HF generate; static: reused static KV cache (compiled on CUDA, opt-in: not yet "
+        "verified on a GPU); auto: static on CUDA once a committed GPU result verifies it, else hf",
     )
     seed: int = 0
 

@@ -21,6 +21,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 from evilspectra.config import DEFAULT_SAMPLES, EvalSettings
 from evilspectra.errors import AdapterError, ConfigError
 from evilspectra.evaluate.schema import Question
+from evilspectra.fast import CUDA_VERIFIED
 from evilspectra.models import load_adapter, load_base_model, load_tokenizer, pick_device, pick_dtype, resolve_model
 
 
@@ -122,7 +123,7 @@ def _sample_hf(
         pad_token_id=tok.pad_token_id,
         bos_token_id=old.bos_token_id,
     )
-    static = settings.generator == "static" or (settings.generator == "auto" and device.type == "cuda")
+    static = resolve_generator(settings.generator, device) == "static"
     generate = _static_generate(model) if static else model.generate
     torch.manual_seed(settings.seed)
     samples: list[Sample] = []
@@ -159,6 +160,17 @@ def _encode(tok: PreTrainedTokenizerBase, texts: list[str], device: torch.device
     # the chat template already holds every special token the model expects; `pad_to` rounds the
     # (left-padded) width up so a compiled decoder sees few distinct shapes
     return tok(texts, return_tensors="pt", padding=True, add_special_tokens=False, pad_to_multiple_of=pad_to).to(device)
+
+
+def resolve_generator(choice: str, device: torch.device) -> str:
+    """The generator an `eval.generator` setting runs on `device`: "hf" or "static".
+
+    `auto` takes the static-cache generator only on CUDA and only once a committed GPU result has
+    verified it (`evilspectra.fast.CUDA_VERIFIED`); until then it is HF `generate` everywhere.
+    """
+    if choice == "auto":
+        return "static" if device.type == "cuda" and "static_generator" in CUDA_VERIFIED else "hf"
+    return choice
 
 
 def _static_generate(model):
