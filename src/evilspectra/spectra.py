@@ -228,22 +228,53 @@ def adapter_spectra(adapter_dir: str | Path, method: str = "qr") -> pd.DataFrame
     """
     adapter_dir = Path(adapter_dir)
     cfg, factors = read_adapter(adapter_dir)
-    rows = {}
-    for module, ab in factors.items():
-        r, scaling = _module_scaling(cfg, module)
-        sigma = lora_singular_values(ab["A"], ab["B"], scaling, method)
-        rows[module] = {
-            "module": module,
-            "layer": _module_layer(module),
-            "kind": module.rsplit(".", 1)[-1],
-            "r": r,
-            "scaling": scaling,
-            "sigma": sigma.tolist(),
-            **spectral_metrics(sigma),
-        }
+    modules = [(module, ab["A"], ab["B"], *_module_scaling(cfg, module)) for module, ab in factors.items()]
+    return _spectra_frame(modules, method)
 
-    order = sorted(rows, key=lambda m: (rows[m]["layer"] if rows[m]["layer"] is not None else -1, m))
-    return pd.DataFrame([rows[m] for m in order])
+
+def model_spectra(model: torch.nn.Module, method: str = "qr") -> pd.DataFrame:
+    """adapter_spectra of the active LoRA adapter of a PEFT model in memory (no file written).
+
+    Same columns and module names as adapter_spectra of the adapter the model would save, so the
+    numbers equal `evilspectra spectra` on that folder. Raises ConfigError for a model without LoRA.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    modules = []
+    for name, layer in model.named_modules():
+        if isinstance(layer, LoraLayer):
+            for adapter in layer.active_adapters:
+                if adapter in layer.lora_A:
+                    A, B = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+                    module = name.removeprefix("base_model.model.")
+                    modules.append(
+                        (module, A.detach().cpu(), B.detach().cpu(), layer.r[adapter], layer.scaling[adapter])
+                    )
+    if not modules:
+        raise ConfigError(
+            f"{type(model).__name__} has no LoRA modules: wrap it with peft.get_peft_model(model, LoraConfig(...))"
+        )
+    return _spectra_frame(modules, method)
+
+
+def _spectra_frame(modules: list[tuple[str, torch.Tensor, torch.Tensor, int, float]], method: str) -> pd.DataFrame:
+    """Rows of (module, A, B, r, scaling) -> the adapter_spectra frame, in layer order."""
+    rows = []
+    for module, A, B, r, scaling in modules:
+        sigma = lora_singular_values(A, B, scaling, method)
+        rows.append(
+            {
+                "module": module,
+                "layer": _module_layer(module),
+                "kind": module.rsplit(".", 1)[-1],
+                "r": r,
+                "scaling": scaling,
+                "sigma": sigma.tolist(),
+                **spectral_metrics(sigma),
+            }
+        )
+    rows.sort(key=lambda row: (row["layer"] if row["layer"] is not None else -1, row["module"]))
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,6 +327,13 @@ def aggregate_spectra(df: pd.DataFrame) -> pd.DataFrame:
     out = grouped[list(METRICS)].mean()
     out.insert(0, "n_modules", grouped.size())
     return out.reset_index()
+
+
+def mean_metrics(frame: pd.DataFrame) -> dict[str, float]:
+    """{metric: mean over modules} of one adapter's spectra frame; untrained (NaN) modules left out,
+    as in aggregate_spectra."""
+    means = frame[list(METRICS)].mean()
+    return {metric: float(means[metric]) for metric in METRICS}
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from transformers import get_scheduler
 
 from evilspectra.config import RunConfig
 from evilspectra.data import ChatDataset, collate, encode_dataset, load_dataset_spec
+from evilspectra.integrations import trackers
 from evilspectra.models import attach_lora, load_base_model, load_tokenizer, pick_dtype
 from evilspectra.optim import build_optimizer, optimizer_class, resolved_hyperparameters
 from evilspectra.rundir import MANIFEST, METRICS, atomic_write_json, library_versions, replace_dir
@@ -99,7 +100,7 @@ def _fresh_run_dir(out: Path) -> None:
     """An unfinished run restarts from scratch: drop its partial metrics and checkpoints."""
     out.mkdir(parents=True, exist_ok=True)
     (out / METRICS).unlink(missing_ok=True)
-    for name in ("checkpoints", "adapter", "spectra.csv", "eval"):
+    for name in ("checkpoints", "adapter", "spectra.csv", "eval", *trackers.TRACKER_DIRS):
         path = out / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -107,14 +108,17 @@ def _fresh_run_dir(out: Path) -> None:
             path.unlink()
 
 
-def train(cfg: RunConfig, out: Path, progress: ProgressFn | None = None) -> Path:
+def train(cfg: RunConfig, out: Path, progress: ProgressFn | None = None, report_to: str = "none") -> Path:
     """Fine-tune `cfg.model` with LoRA on `cfg.dataset`; write manifest, metrics, checkpoints, adapter.
 
     Returns the run directory. Status ends `done`, `diverged` (non-finite loss; files so far are
-    kept) or `failed` (an exception, re-raised after the manifest records it).
+    kept) or `failed` (an exception, re-raised after the manifest records it). `report_to`: an
+    experiment tracker that also receives every metrics row and the spectra of each saved adapter
+    (evilspectra.integrations.trackers), or "none".
     """
     out = Path(out)
-    accelerator = Accelerator()
+    trackers.check_tracker(report_to)  # a bad name or a missing package fails before any file is written
+    accelerator = Accelerator(**trackers.accelerator_kwargs(report_to, out))
     device = accelerator.device
     optimizer_class(cfg.optimizer.name)  # fail on a bad name before touching the run directory
     data = load_dataset_spec(cfg.dataset, seed=cfg.seed)
@@ -122,12 +126,17 @@ def train(cfg: RunConfig, out: Path, progress: ProgressFn | None = None) -> Path
     started = datetime.now(UTC).isoformat(timespec="seconds")
     manifest = _manifest(cfg, data, "running", timings={"started": started})
     atomic_write_json(out / MANIFEST, manifest)
+    if report_to != "none":
+        kwargs = trackers.init_kwargs(report_to, cfg.run_id(), out)
+        accelerator.init_trackers(trackers.PROJECT, trackers.flat_config(manifest["config"]), kwargs)
     try:
         result = _train_loop(cfg, data, out, accelerator, device, progress)
     except BaseException as exc:
         manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         atomic_write_json(out / MANIFEST, manifest)
         raise
+    finally:
+        accelerator.end_training()  # flushes and closes the tracker (nothing without one)
     finished = datetime.now(UTC).isoformat(timespec="seconds")
     timings = {**manifest["timings"], "finished": finished, **result.pop("timings")}
     manifest.update(result, timings=timings)
@@ -175,6 +184,7 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
                 row["reg"] = reg.item()
             metrics_file.write(_jsonl(row))
             metrics_file.flush()
+            accelerator.log(row, step=step)  # a no-op without --report-to
             if not math.isfinite(loss_total):
                 status = "diverged"  # the diverged step's row stays in metrics.jsonl as evidence
                 break
@@ -186,12 +196,14 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
             loss_value, tokens_seen = loss_total, tokens_seen + step_tokens
             if step in save_at and accelerator.is_main_process:
                 _save_adapter(accelerator.unwrap_model(model), out / "checkpoints" / f"step-{step:06d}")
+                _log_spectra(accelerator, out / "checkpoints" / f"step-{step:06d}", step)
             if progress:
                 progress(step, steps, loss_total)
     finally:
         metrics_file.close()
     if status == "done" and accelerator.is_main_process:
         _save_adapter(accelerator.unwrap_model(model), out / "adapter")
+        _log_spectra(accelerator, out / "adapter", step)
     seconds = time.perf_counter() - t0
     unwrapped = accelerator.unwrap_model(model)
     steps_done = step if status == "done" else step - 1
@@ -227,6 +239,12 @@ def _regulariser(cfg: RunConfig, model):
     from evilspectra.spectra import SpectralRegulariser
 
     return SpectralRegulariser(model, method=cfg.spectral_reg.method, aggregation=cfg.spectral_reg.aggregation)
+
+
+def _log_spectra(accelerator: Accelerator, adapter_dir: Path, step: int) -> None:
+    """The saved adapter's mean spectral metrics to the experiment tracker, if there is one."""
+    if accelerator.trackers:
+        accelerator.log(trackers.spectra_row(adapter_dir), step=step)
 
 
 def _save_adapter(model, final_dir: Path) -> None:

@@ -48,6 +48,11 @@ def train(
     system_prompt: str | None = typer.Option(None, help="System turn prepended to every chat (default: none)."),
     spectral_reg: float | None = typer.Option(None, help="Weight of the spectral regulariser (0 = off)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
+    report_to: str = typer.Option(
+        "none",
+        help="Experiment tracker: tensorboard | wandb | mlflow | trackio | none. Offline, files in the run "
+        "directory, unless the tracker's own environment variables say otherwise.",
+    ),
     set_: list[str] = typer.Option(
         [], "--set", help="Any config field, e.g. --set lora.r=8 --set optimizer.betas=[0.9,0.99]."
     ),
@@ -80,7 +85,7 @@ def train(
         def on_step(step: int, total: int, loss: float) -> None:
             bar.update(task, completed=step, total=total, loss=f"{loss:.4f}")
 
-        run_training(cfg, out, progress=on_step)
+        run_training(cfg, out, progress=on_step, report_to=report_to)
     manifest = read_manifest(out) or {}
     status = manifest.get("status")
     console.print(f"{status}: {manifest.get('steps_done')} steps, final loss {manifest.get('final_loss'):.4f} -> {out}")
