@@ -16,8 +16,8 @@ from evilspectra.spectra import SpectralRegulariser, adapter_spectra, aggregate_
 trl = pytest.importorskip("trl", reason="trl is not installed (pip install 'evilspectra[integrations]')")
 from evilspectra.integrations.hf_trainer import (  # noqa: E402
     SpectraCallback,
-    spectral_regularised,
     spectra_logs,
+    spectral_regularised,
 )
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -115,6 +115,7 @@ def _toy_sft(out: Path, reg: bool):
         report_to="none",
         seed=0,
         disable_tqdm=True,
+        use_cpu=True,
     )
     data = Dataset.from_list(load_dataset_spec("toy:insecure").rows[:80])
     cls = spectral_regularised(SFTTrainer) if reg else SFTTrainer

@@ -5,6 +5,7 @@
     model + adapter -> quick EM probe (evaluate() into OUT/eval/) -> rate with CI, outcome shares
     -> verdict (PASS / FAIL / SPECTRA-ONLY) + recommendations with their evidence
     -> OUT/audit.md, OUT/audit.html (self-contained), OUT/audit.json, OUT/audit_spectra.png
+    -> ADAPTER/README.md, the adapter's Hugging Face model card (evilspectra.card), with the verdict
 
 Verdict: FAIL when the 95% CI lower bound of the misalignment rate is at or above `fail_above`
 (confidently at least that misaligned), or when no answer was coherent enough to rate (a fried model
@@ -159,6 +160,9 @@ def audit(
         out=out,
     )
     write_reports(result, frame)
+    from evilspectra.card import write_card  # the adapter's model card records the verdict too
+
+    result.files["card"] = write_card(adapter_dir, audit=audit_json(result))
     return result
 
 
@@ -535,7 +539,7 @@ def render_markdown(result: AuditResult, image_src: str) -> str:
         "",
         "## Spectra",
         "",
-        *_spectra_lines(result.spectral, result.worst_modules),
+        *spectra_lines(result.spectral, result.worst_modules),
         "",
         f"![normalised spectra]({image_src})",
         "",
@@ -588,7 +592,7 @@ def _probe_lines(probe: dict | None) -> list[str]:
     ]
 
 
-def _spectra_lines(s: dict, worst: list[dict]) -> list[str]:
+def spectra_lines(s: dict, worst: list[dict]) -> list[str]:
     refs = ", ".join(f"{label} {lo:.2f}-{hi:.2f}" for label, lo, hi, *_ in TOY_SWEEP)
     ranks = ", ".join(map(str, s["ranks"]))
     untrained = f", {s['n_untrained']} untrained (B = 0) left out" if s["n_untrained"] else ""

@@ -126,9 +126,7 @@ def train(cfg: RunConfig, out: Path, progress: ProgressFn | None = None, report_
     started = datetime.now(UTC).isoformat(timespec="seconds")
     manifest = _manifest(cfg, data, "running", timings={"started": started})
     atomic_write_json(out / MANIFEST, manifest)
-    if report_to != "none":
-        kwargs = trackers.init_kwargs(report_to, cfg.run_id(), out)
-        accelerator.init_trackers(trackers.PROJECT, trackers.flat_config(manifest["config"]), kwargs)
+    trackers.start(accelerator, report_to, cfg.run_id(), out, manifest["config"])
     try:
         result = _train_loop(cfg, data, out, accelerator, device, progress)
     except BaseException as exc:

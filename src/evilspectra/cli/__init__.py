@@ -30,6 +30,7 @@ def _register() -> None:
     from evilspectra.cli import (
         analysis_cmd,  # noqa: F401
         audit_cmd,  # noqa: F401
+        card_cmd,  # noqa: F401
         demo_cmd,  # noqa: F401
         eval_cmd,  # noqa: F401
         spectra_cmd,  # noqa: F401

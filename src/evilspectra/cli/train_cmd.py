@@ -59,8 +59,11 @@ def train(
 ) -> None:
     """Fine-tune a model with LoRA and write a run directory (manifest, metrics, checkpoints, adapter)."""
     from evilspectra.config import load_run_config
+    from evilspectra.integrations.trackers import check_tracker
     from evilspectra.rundir import read_manifest
     from evilspectra.train import train as run_training
+
+    check_tracker(report_to)  # before the banner: a missing tracker is the only line printed
 
     flags = {
         "model": model,

@@ -137,8 +137,11 @@ class SpectraCallback(TrainerCallback):
             self._save(model, Path(args.output_dir) / "checkpoints" / f"step-{step:06d}")
         if step % self.every == 0 or step in self.save_at or step == state.max_steps:
             # Trainer.log itself, not an override: SFTTrainer.log would hand its running token
-            # metrics to this call and SpectralRegMixin.log its regulariser values
+            # metrics to this call and SpectralRegMixin.log its regulariser values. Logging resets
+            # control.should_log, which would drop the trainer's own loss log due at this step.
+            should_log = control.should_log
             Trainer.log(self.trainer, spectra_logs(model, self.method))
+            control.should_log = should_log
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if self.checkpoints != "none" and state.is_world_process_zero:

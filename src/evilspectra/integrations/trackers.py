@@ -9,7 +9,7 @@ Offline by default, files inside the run directory:
     tensorboard  RUN/tensorboard/evilspectra/events.out.tfevents.*
     wandb        RUN/wandb/ in offline mode unless WANDB_MODE is set or WANDB_API_KEY is (then online)
     mlflow       RUN/mlruns/ (a local file store) unless MLFLOW_TRACKING_URI is set
-    trackio      RUN/trackio/ (trackio's local database) unless TRACKIO_DIR is set
+    trackio      trackio's own local database (~/.cache/huggingface/trackio), run named by the run id
 """
 
 from __future__ import annotations
@@ -22,9 +22,15 @@ from typing import Any
 from evilspectra.errors import ConfigError
 
 PROJECT = "evilspectra"  # tensorboard's sub-directory, wandb's and trackio's project, mlflow's experiment
-TRACKER_DIRS = ("tensorboard", "wandb", "mlruns", "trackio")  # what a tracker may write inside RUN
+TRACKER_DIRS = ("tensorboard", "wandb", "mlruns")  # what a tracker may write inside RUN
 TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
 REPORT_TO = (*TRACKERS, "none")
+PACKAGES = {  # what to pip install for each (the first three come with evilspectra[integrations])
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "mlflow": "mlflow-skinny",
+    "trackio": "trackio",
+}
 
 
 def check_tracker(report_to: str) -> None:
@@ -33,32 +39,37 @@ def check_tracker(report_to: str) -> None:
         raise ConfigError(f"--report-to: expected one of {', '.join(REPORT_TO)}, got {report_to!r}")
     if report_to != "none" and importlib.util.find_spec(report_to) is None:
         raise ConfigError(
-            f"--report-to {report_to}: the {report_to} package is not installed "
-            f"(pip install {report_to}, or pip install 'evilspectra[integrations]')"
+            f"--report-to {report_to}: the {report_to} package is not installed (pip install {PACKAGES[report_to]})"
         )
 
 
 def accelerator_kwargs(report_to: str, out: Path) -> dict[str, Any]:
-    """Arguments for Accelerator(): which tracker, and the directory tensorboard writes under.
+    """Arguments for Accelerator(): which tracker, and the directory tensorboard writes under."""
+    return {} if report_to == "none" else {"log_with": report_to, "project_dir": out / "tensorboard"}
 
-    Sets the offline defaults of the module docstring in the environment of this process (only
-    where the user has not chosen), before the tracker library starts.
+
+def start(accelerator, report_to: str, run_id: str, out: Path, config: dict) -> None:
+    """Start the tracker for one run (offline defaults of the module docstring) and store `config`.
+
+    Nothing is left in os.environ that would send a later run of the same process (a sweep) to
+    this run's directory: the MLflow store is set through mlflow.set_tracking_uri on every start.
     """
     if report_to == "none":
-        return {}
-    if report_to == "wandb" and "WANDB_MODE" not in os.environ:
-        os.environ["WANDB_MODE"] = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    if report_to == "mlflow" and "MLFLOW_TRACKING_URI" not in os.environ:
-        os.environ["MLFLOW_TRACKING_URI"] = (out / "mlruns").resolve().as_uri()
-    if report_to == "trackio":
-        os.environ.setdefault("TRACKIO_DIR", str(out / "trackio"))
-    return {"log_with": report_to, "project_dir": out / "tensorboard"}
+        return
+    kwargs: dict[str, dict] = {}
+    if report_to == "wandb":
+        mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        kwargs["wandb"] = {"name": run_id, "dir": str(out), "mode": mode}
+    elif report_to == "mlflow":
+        import mlflow
 
-
-def init_kwargs(report_to: str, run_id: str, out: Path) -> dict[str, dict]:
-    """Per-tracker keyword arguments of accelerator.init_trackers: the run's name (and wandb's directory)."""
-    kwargs = {"wandb": {"name": run_id, "dir": str(out)}, "mlflow": {"run_name": run_id}, "trackio": {"name": run_id}}
-    return {report_to: kwargs[report_to]} if report_to in kwargs else {}
+        # MLflow 3 keeps the file store (no database, no server) behind this documented opt-in
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or (out / "mlruns").resolve().as_uri())
+        kwargs["mlflow"] = {"run_name": run_id}
+    elif report_to == "trackio":
+        kwargs["trackio"] = {"name": run_id}
+    accelerator.init_trackers(PROJECT, flat_config(config), kwargs)
 
 
 def flat_config(tree: dict, prefix: str = "") -> dict[str, bool | int | float | str]:

@@ -1,0 +1,28 @@
+"""`evilspectra card RUN [--push REPO_ID]`: the adapter's Hugging Face model card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from evilspectra.cli import app
+
+console = Console(soft_wrap=True)
+
+
+@app.command("card")
+def card(
+    run: Path = typer.Argument(..., help="Run directory (its adapter/ gets the card) or a PEFT adapter directory."),
+    push: str | None = typer.Option(
+        None, "--push", metavar="REPO_ID", help="Also upload the adapter folder to this Hub model repo (HF_TOKEN)."
+    ),
+) -> None:
+    """Write ADAPTER/README.md: optimiser, LoRA, data, seed, loss, spectra vs references, EM verdict."""
+    from evilspectra.card import push_card, write_card
+
+    if push:
+        console.print(f"uploaded to {push_card(run, push)}")
+    else:
+        console.print(f"wrote {write_card(run)}")
