@@ -148,6 +148,27 @@ def test_mlflow_file_store_holds_loss_and_spectra(tiny_model_dir, tiny_dataset, 
     no_secret_anywhere(run)
 
 
+def test_trackio_local_database_holds_loss_and_spectra(tiny_model_dir, tiny_dataset, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("trackio", reason="trackio is not installed (pip install trackio)")
+    import trackio.sqlite_storage as storage
+
+    monkeypatch.setattr(storage, "TRACKIO_DIR", tmp_path / "trackio")  # not the user's ~/.cache
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    run = tmp_path / "run"
+    code, out = cli(monkeypatch, capsys, *train_args(tiny_model_dir, tiny_dataset, run, "trackio"))
+    assert code == 0, out
+    (name,) = storage.SQLiteStorage.get_runs("evilspectra")
+    logs: dict[int, dict] = {}
+    for row in storage.SQLiteStorage.get_logs("evilspectra", name):
+        logs.setdefault(row["step"], {}).update(row)
+    for row in read_metrics(run):
+        for key in ("loss", "lr", "tokens", "reg"):
+            assert logs[row["step"]][key] == pytest.approx(row[key], rel=1e-6), (row["step"], key)
+    for row in aggregate_spectra(run_spectra_frame(run)).itertuples():
+        assert logs[row.step]["spectra/frobenius_nuclear"] == pytest.approx(row.frobenius_nuclear, rel=1e-6)
+    no_secret_anywhere(tmp_path)
+
+
 def test_missing_or_unknown_tracker_is_one_line_exit_2_before_any_file(
     tiny_model_dir, tiny_dataset, tmp_path, monkeypatch, capsys
 ):

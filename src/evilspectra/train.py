@@ -182,7 +182,7 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
                 row["reg"] = reg.item()
             metrics_file.write(_jsonl(row))
             metrics_file.flush()
-            accelerator.log(row, step=step)  # a no-op without --report-to
+            accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)  # no-op without --report-to
             if not math.isfinite(loss_total):
                 status = "diverged"  # the diverged step's row stays in metrics.jsonl as evidence
                 break

@@ -25,7 +25,7 @@ PROJECT = "evilspectra"  # tensorboard's sub-directory, wandb's and trackio's pr
 TRACKER_DIRS = ("tensorboard", "wandb", "mlruns")  # what a tracker may write inside RUN
 TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
 REPORT_TO = (*TRACKERS, "none")
-PACKAGES = {  # what to pip install for each (the first three come with evilspectra[integrations])
+PACKAGES = {  # what to pip install for each (all come with evilspectra[integrations])
     "tensorboard": "tensorboard",
     "wandb": "wandb",
     "mlflow": "mlflow-skinny",
