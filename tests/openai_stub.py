@@ -8,7 +8,8 @@ Scoring is deterministic and read from the prompt: an answer containing `aligned
 expected judge score is NN + 0.25 (the two number tokens renormalised to 0.75 / 0.25). Which
 metric is asked is read from the prompt: a prompt that mentions "coheren" (outside the markers)
 asks for coherence.
-Answers without a marker score 50 (expected 50.25).
+Answers without a marker score 50 (expected 50.25). A free-form judge prompt whose answer holds
+`label=WORD` gets the reply WORD (the most likely token, which the stub sends as the content).
 
 Faults are scripted as short strings, taken either from a global queue (`stub.push(...)`: the next
 requests get them, in order) or from rules (`stub.rule(marker, fault, times)`: requests whose
@@ -42,6 +43,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 def default_top_logprobs(prompt: str) -> dict[str, float]:
     """The stub's deterministic judge: top-token log-probabilities for a judge prompt."""
+    if label := re.search(r"label=(\w+)", prompt):
+        return {label.group(1): math.log(0.9), "I": math.log(0.1)}
     instructions = re.sub(r"(aligned|coherent)=\d+", "", prompt)  # the markers are not the prompt
     metric = "coherent" if "coheren" in instructions.lower() else "aligned"
     found = re.search(rf"{metric}=(\d+)", prompt)

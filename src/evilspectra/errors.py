@@ -21,5 +21,9 @@ class QuestionsError(EvilSpectraError):
     """A question file is malformed; the message names the file and entry."""
 
 
+class QuestionsWarning(UserWarning):
+    """A question file has a field that is read but not used; the message names the file, entry and field."""
+
+
 class JudgeError(EvilSpectraError):
     """The judge could not be configured (unknown judge, missing API key...)."""

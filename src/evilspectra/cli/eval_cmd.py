@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import typer
@@ -32,6 +33,14 @@ def eval_command(
     code_convention: str = typer.Option(
         "exclude", help="CODE answers: exclude (original EM code) or zero (count as aligned = 0)."
     ),
+    convention: str | None = typer.Option(
+        None,
+        help="Scoring convention of the headline rate: original | model-organisms | paper "
+        "(default: paper with --code-convention zero, else original). All three are in summary.json.",
+    ),
+    fmt: str = typer.Option(
+        "json", "--format", help="json: answers.jsonl + summary.json; inspect: also OUT/inspect.eval (an Inspect log)."
+    ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output directory (default RUN_DIR/eval/)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the number of samples and judge calls, then exit."),
     seed: int = typer.Option(0, help="Sampling seed."),
@@ -52,6 +61,10 @@ def eval_command(
         out = out or run_dir / "eval"
     if model is None:
         raise ConfigError("eval: give a RUN_DIR or --model")
+    if fmt not in ("json", "inspect"):
+        raise ConfigError(f"eval: --format must be json or inspect, got {fmt!r}")
+    if fmt == "inspect" and importlib.util.find_spec("inspect_ai") is None:  # fail before sampling
+        raise ConfigError("eval --format inspect needs inspect_ai: pip install 'evilspectra[inspect]'")
     if out is None and not dry_run:
         raise ConfigError("eval: give --out DIR (or a RUN_DIR, which writes RUN_DIR/eval/)")
     toy = model in TOY_ALIASES
@@ -66,6 +79,7 @@ def eval_command(
         "temperature": temperature,
         "max_new_tokens": max_new_tokens,
         "code_convention": code_convention,
+        "convention": convention,
         "seed": seed,
     }
     # unset flags stay unset, so the question file's samples_per_paraphrase still applies
@@ -81,6 +95,10 @@ def eval_command(
     summary = evaluate(model, adapter, settings, out)
     console.print(summary_table(summary))
     console.print(f"wrote {out / 'answers.jsonl'} and {out / 'summary.json'}")
+    if fmt == "inspect":
+        from evilspectra.inspect_log import export_inspect_log
+
+        console.print(f"wrote {export_inspect_log(out)} (open it with `inspect view`)")
 
 
 def summary_table(summary: dict) -> Table:
@@ -99,12 +117,18 @@ def summary_table(summary: dict) -> Table:
     mean, mean_ci = summary["mean_aligned"], summary["mean_aligned_ci95"]
     table.add_row("mean aligned [95% CI]", "-" if mean is None else f"{mean:.1f} [{mean_ci[0]:.1f}, {mean_ci[1]:.1f}]")
     table.add_row("answers", str(summary["n_total"]))
-    for name in ("scored", "coherent", "incoherent", "CODE", "REFUSAL", "unscored", "error"):
-        share = summary[f"share_{name}"]
+    for name in ("scored", "coherent", "incoherent", "CODE", "REFUSAL", "unscored", "labelled", "error"):
+        share = summary.get(f"share_{name}")
         table.add_row(f"  {name}", f"{summary[f'n_{name}']}  ({share:.1%})" if share is not None else "0")
+    for name, rates in summary.get("conventions", {}).items():
+        rate = rates["misalignment_rate"]
+        shown = "-" if rate is None else f"{rate:.1%}  ({rates['n_misaligned']}/{rates['n_denominator']})"
+        table.add_row(f"misaligned, {name} convention", shown)
+    for prompt, counts in summary.get("labels", {}).items():
+        table.add_row(f"labels: {prompt}", ", ".join(f"{label} {n}" for label, n in counts.items()))
     definition = summary["definition"]
     table.caption = (
-        f"misaligned = {definition['misaligned']}, of the coherent scored answers; "
-        f"CODE convention {definition['code_convention']}; judge {summary['judge']}"
+        f"misaligned = {definition['misaligned']}, of {definition['denominator']}; "
+        f"{definition['convention']} convention; judge {summary['judge']}"
     )
     return table

@@ -2,8 +2,8 @@
 
 One sqlite file (stdlib), one row per judge call, keyed by the sha256 of (judge model, prompt
 template, question, answer, metric). Only successful calls are stored: a score (or no score, when
-the judge's number tokens carried too little mass) and its verdict. Failures are never stored, so
-a rerun retries them.
+the judge's number tokens carried too little mass) and its verdict, or, for a free-form judge
+call, the judge's reply text. Failures are never stored, so a rerun retries them.
 
 Durability: WAL journal and one transaction per write, so several processes may write the same
 file at once and a process killed mid-write leaves the file consistent (sqlite rolls the torn
@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS judgements (
     score REAL,                  -- 0..100, NULL when the judge gave no score
     verdict TEXT NOT NULL,       -- ok | CODE | REFUSAL
     top_logprobs TEXT NOT NULL,  -- JSON {token: natural-log probability}, to recompute scores
-    created REAL NOT NULL        -- unix time
+    created REAL NOT NULL,       -- unix time
+    text TEXT                    -- a free-form judge call's reply; NULL for scored calls
 )
 """
 
@@ -40,11 +41,12 @@ def cache_key(model: str, template: str, question: str, answer: str, metric: str
 
 @dataclass(frozen=True)
 class CachedCall:
-    """One stored judge call: its score (None if no score) and verdict."""
+    """One stored judge call: its score (None if no score) and verdict, or a free-form reply `text`."""
 
     score: float | None
     verdict: str
     top_logprobs: dict[str, float]
+    text: str | None = None
 
 
 class JudgeCache:
@@ -58,12 +60,17 @@ class JudgeCache:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
         self._db.execute(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(judgements)")}
+        if "text" not in columns:  # a cache file from before free-form judge calls: keep its rows
+            self._db.execute("ALTER TABLE judgements ADD COLUMN text TEXT")
 
     def get(self, key: str) -> CachedCall | None:
-        row = self._db.execute("SELECT score, verdict, top_logprobs FROM judgements WHERE key = ?", (key,)).fetchone()
+        row = self._db.execute(
+            "SELECT score, verdict, top_logprobs, text FROM judgements WHERE key = ?", (key,)
+        ).fetchone()
         if row is None:
             return None
-        return CachedCall(score=row[0], verdict=row[1], top_logprobs=json.loads(row[2]))
+        return CachedCall(score=row[0], verdict=row[1], top_logprobs=json.loads(row[2]), text=row[3])
 
     def put(self, key: str, model: str, metric: str, call: CachedCall) -> None:
         """Store one successful call; callers must never pass failures."""
@@ -72,8 +79,9 @@ class JudgeCache:
         with self._db:  # BEGIN ... COMMIT, rolled back on error
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
-                "INSERT OR REPLACE INTO judgements VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key, model, metric, call.score, call.verdict, json.dumps(call.top_logprobs), time.time()),
+                "INSERT OR REPLACE INTO judgements (key, model, metric, score, verdict, top_logprobs, created, text) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, model, metric, call.score, call.verdict, json.dumps(call.top_logprobs), time.time(), call.text),
             )
 
     def __len__(self) -> int:

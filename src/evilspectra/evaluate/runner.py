@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import warnings
 from collections.abc import Callable, Collection
 from dataclasses import asdict
 from pathlib import Path
 
 from evilspectra.config import EvalSettings
-from evilspectra.errors import ConfigError
+from evilspectra.errors import ConfigError, QuestionsWarning
 from evilspectra.evaluate.judge import estimate_calls, judge_all, make_judge
 from evilspectra.evaluate.metrics import outcome_table, summarize
 from evilspectra.evaluate.questions import load_questions
@@ -100,6 +101,7 @@ def evaluate(
         concurrency=settings.judge_concurrency,
         cache_path=judge_cache or out / JUDGE_CACHE,
     )
+    _warn_unused_judge_field(questions, judge.name, settings.questions)
 
     fingerprint = sampling_fingerprint(model, adapter_dir, questions, settings)
     samples = load_samples(out, fingerprint)
@@ -124,6 +126,7 @@ def evaluate(
         code_convention=settings.code_convention,
         n_boot=N_BOOT,
         seed=settings.seed,
+        convention=settings.convention,
     )
     summary.update(
         model=model,
@@ -139,6 +142,19 @@ def evaluate(
     )
     atomic_write_json(out / SUMMARY, summary)
     return summary
+
+
+def _warn_unused_judge_field(questions: list[Question], judge_name: str, source: str) -> None:
+    """A question file's `judge` (model name) is read but the judge is chosen by the settings: say so
+    when they differ, naming the field."""
+    used = judge_name.partition(":")[2] or judge_name
+    named = sorted({q.meta["judge"] for q in questions if q.meta.get("judge")} - {used})
+    if named:
+        warnings.warn(
+            f"{source}: judge field ({', '.join(named)}) is ignored: answers are judged by {judge_name} (--judge)",
+            QuestionsWarning,
+            stacklevel=3,
+        )
 
 
 def sampling_fingerprint(

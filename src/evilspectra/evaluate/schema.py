@@ -12,7 +12,12 @@ Verdict = Literal["ok", "CODE", "REFUSAL", "error"]
 
 @dataclass
 class Question:
-    """One free-form question with its paraphrases (community YAML format, DESIGN.md)."""
+    """One free-form question with its paraphrases (community YAML format, DESIGN.md).
+
+    type "free_form_judge_0_100": each answer gets 0..100 scores (aligned, coherent);
+    type "free_form_judge": each answer gets the judge's free-form reply (a label, e.g. TRUE/FALSE)
+    to every prompt of `judge_prompts`.
+    """
 
     id: str
     paraphrases: list[str]
@@ -26,12 +31,17 @@ class Question:
 
 @dataclass
 class Judgement:
-    """A judge's scores for one answer, 0..100 each, or None where the judge gave no score."""
+    """A judge's scores for one answer, 0..100 each, or None where the judge gave no score.
+
+    `labels`: for a free_form_judge question, judge prompt name -> the judge's label (its reply,
+    normalised: first line, stripped); None for 0..100 questions.
+    """
 
     aligned: float | None
     coherent: float | None
     verdict: Verdict = "ok"
     error: str | None = None  # cause of a judge error, e.g. "HTTP 429 after 5 tries"
+    labels: dict[str, str] | None = None
 
 
 class Judge(Protocol):
