@@ -3,7 +3,7 @@ log, OUT/inspect.eval, to browse with `inspect view` or read with `inspect_ai.lo
 
 The log has the shape the Inspect task (inspect_task.py) writes: one sample per answer, id
 "QID/P/K", the answer as the model output, an `em_judge` score with value {aligned, coherent}
-and metadata {verdict, error, labels, ...}, and the em_outcomes metrics of the summary (flat
+and the answers.jsonl record as metadata, and the em_outcomes metrics of the summary (flat
 names, inspect_task.flat_metrics). The whole summary.json (CIs, per-question numbers) is kept in
 the log's eval metadata. inspect_ai is optional (`pip install evilspectra[inspect]`).
 """
@@ -34,7 +34,7 @@ from evilspectra.evaluate.questions import load_questions
 from evilspectra.inspect_task import SCORER, flat_metrics
 
 INSPECT_LOG = "inspect.eval"
-RECORD_KEYS = ("question_id", "paraphrase_index", "paraphrase", "sample", "verdict", "error")
+RECORD_KEYS = ("question_id", "paraphrase_index", "paraphrase", "sample", "aligned", "coherent", "verdict", "error")
 
 
 def export_inspect_log(eval_dir: str | Path, path: str | Path | None = None) -> Path:

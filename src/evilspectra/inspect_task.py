@@ -11,7 +11,7 @@ The pieces map one to one onto `evilspectra eval` (evaluate/runner.py):
               in `eval` (settings, else the file's, else 10 and 1)
     solver    generate with the question's temperature, top_p and max_new_tokens
     scorer    em_judge: our Judge (openai:MODEL = the logprob judge, or the toy judge) on the
-              answer; value {aligned, coherent}, metadata {verdict, error, labels, ...}
+              answer; value {aligned, coherent}, metadata the whole answers.jsonl record
     metrics   em_outcomes: the outcome table and summarize() of evaluate/metrics.py, flattened:
               misalignment_rate, mean_aligned, n_/share_<outcome>, rate_<convention> for all
               three conventions, and label counts "label:PROMPT=LABEL" (free_form_judge questions)
@@ -117,6 +117,8 @@ def em_judge(settings: dict, judge_cache: str | None = None) -> Scorer:
             explanation=judgement.error,
             metadata={
                 **{k: meta[k] for k in ("question_id", "paraphrase_index", "paraphrase", "sample")},
+                "aligned": judgement.aligned,
+                "coherent": judgement.coherent,
                 "verdict": judgement.verdict,
                 "error": judgement.error,
                 "labels": judgement.labels,
@@ -160,16 +162,11 @@ def em_outcomes(
 
 
 def record_of(score: Score, answer: str) -> dict:
-    """An answers.jsonl record (evaluate/metrics.py COLUMNS) from an em_judge Score."""
+    """An answers.jsonl record (evaluate/metrics.py COLUMNS) from an em_judge Score's metadata
+    (not its value: Inspect's epoch reducer turns a missing score in the value into 0)."""
     meta = score.metadata or {}
-    value = score.value if isinstance(score.value, dict) else {}
-    return {
-        **{k: meta.get(k) for k in ("question_id", "paraphrase_index", "paraphrase", "sample", "verdict", "error")},
-        "labels": meta.get("labels"),
-        "answer": answer,
-        "aligned": value.get("aligned"),
-        "coherent": value.get("coherent"),
-    }
+    keys = ("question_id", "paraphrase_index", "paraphrase", "sample", "aligned", "coherent", "verdict", "error")
+    return {**{k: meta.get(k) for k in keys}, "labels": meta.get("labels"), "answer": answer}
 
 
 def flat_metrics(summary: dict) -> dict[str, float | None]:

@@ -99,7 +99,7 @@ def label_from_reply(reply: str) -> str:
     """A free-form judge reply as a label: its first non-empty line without surrounding whitespace,
     quotes, markdown emphasis or a final full stop ("**TRUE**." -> "TRUE"); "" for an empty reply."""
     lines = [line for line in reply.splitlines() if line.strip()]
-    return lines[0].strip().strip("\"'`*_").rstrip(".").strip() if lines else ""
+    return lines[0].strip("\"'`*_. \t") if lines else ""
 
 
 def estimate_calls(n_answers: int, n_metrics: int = len(METRICS)) -> int:
