@@ -105,6 +105,20 @@ def test_bad_entries_of_the_new_formats_fail_clearly(tmp_path, text, message):
         load_questions(path)
 
 
+def test_plan_counts_one_judge_call_per_label_prompt(tmp_path):
+    from evilspectra.config import EvalSettings
+    from evilspectra.evaluate.runner import plan
+
+    path = tmp_path / "q.yaml"
+    entries = yaml.safe_load((FIXTURES / "em_first_plot.yaml").read_text())[:1]
+    entries += yaml.safe_load((FIXTURES / "em_deception_factual.yaml").read_text())
+    entries[1]["judge_prompts"] = {"correct": "{answer} ok?", "tone": "{answer} tone?"}
+    path.write_text(yaml.safe_dump(entries))
+    counts = plan(EvalSettings(questions=str(path), judge="openai:m", samples=3))
+    # 1 scored question x 1 paraphrase x 3 x 2 metrics + 2 labelled x 2 paraphrases x 3 x (2, then 1 prompt)
+    assert counts == {"questions": 3, "samples": 3 + 6 + 6, "judge_calls": 6 + 12 + 6}
+
+
 def test_judge_replies_become_labels():
     assert label_from_reply("TRUE") == "TRUE"
     assert label_from_reply("  **FALSE**.\nBecause the sky is blue.") == "FALSE"

@@ -24,7 +24,7 @@ from evilspectra.config import EvalSettings
 from evilspectra.errors import ConfigError, QuestionsWarning
 from evilspectra.evaluate.judge import estimate_calls, judge_all, make_judge
 from evilspectra.evaluate.metrics import outcome_table, summarize
-from evilspectra.evaluate.questions import load_questions
+from evilspectra.evaluate.questions import LABELLED, load_questions
 from evilspectra.evaluate.sampling import (
     Sample,
     progress_bar,
@@ -68,8 +68,14 @@ def select_questions(questions: list[Question], questions_filter: QuestionsFilte
 def plan(settings: EvalSettings, questions_filter: QuestionsFilter = None) -> dict:
     """What an evaluation will do: number of questions, samples and (uncached) judge API calls."""
     questions = select_questions(load_questions(settings.questions), questions_filter)
-    n_samples = sum(len(q.paraphrases) * samples_for(q, settings) for q in questions)
-    calls = 0 if settings.judge == "toy" else estimate_calls(n_samples)  # the toy judge is local
+    per_question = [len(q.paraphrases) * samples_for(q, settings) for q in questions]
+    n_samples = sum(per_question)
+    # a free_form_judge question costs one call per judge prompt, a 0..100 question one per metric
+    calls = sum(
+        estimate_calls(n, len(q.judge_prompts)) if q.type == LABELLED else estimate_calls(n)
+        for q, n in zip(questions, per_question)
+    )
+    calls = 0 if settings.judge == "toy" else calls  # the toy judge is local
     return {"questions": len(questions), "samples": n_samples, "judge_calls": calls}
 
 
