@@ -215,7 +215,9 @@ def test_stratified_fit_matches_hand_computation():
     assert fit["n_params"] == 4
     assert fit["r2"] == pytest.approx(1 - 1.5 / 160)
     assert fit["adj_r2"] == pytest.approx(1 - 0.75 / 32)
-    assert fit["lines"]["a"] == pytest.approx({"intercept": 1.5, "slope": 0.5, "log_loss_min": 0, "log_loss_max": 2})
+    line = {k: fit["lines"]["a"][k] for k in ("intercept", "slope", "log_loss_min", "log_loss_max")}
+    assert line == pytest.approx({"intercept": 1.5, "slope": 0.5, "log_loss_min": 0, "log_loss_max": 2})
+    assert not fit["lines"]["a"]["drawable"] and "3 points" in fit["lines"]["a"]["line_note"]  # 3 < MIN_LINE_POINTS
     assert fit["lines"]["b"]["intercept"] == pytest.approx(10) and fit["lines"]["b"]["slope"] == pytest.approx(2)
 
 

@@ -17,7 +17,20 @@
   more than `margin`.
 - spectral_correlations: Pearson and Spearman of each spectral metric with mean_aligned and
   misalignment_rate over all final checkpoints (regularised runs included: they move the spectrum).
-- regulariser: paired differences (weight > 0 minus weight 0, same config otherwise).
+- regulariser: paired differences (weight > 0 minus weight 0, same config otherwise), with a 95%
+  t interval over the pairs of each optimiser and weight.
+- fits: the loss fits again with standard errors clustered by run (statsmodels), over final
+  checkpoints and over every trajectory point, plus a bootstrap over runs of R^2, stratified
+  adjusted R^2 and their gain (final checkpoints, and the last progress window).
+- matched_loss: each unregularised run's alignment and misalignment rate interpolated along its
+  trajectory (base model at its first-step loss, then its evaluated checkpoints) at one common
+  training loss, per optimiser with a bootstrap interval over runs, and pairwise differences.
+- spectral_fits: mean alignment on Frobenius/nuclear pooled and within optimiser (C(optimizer)
+  intercepts), with run-clustered intervals, over all final checkpoints.
+- claims: the study's claims with this sweep's figure, interval and verdict (evilspectra.claims).
+
+A fitted line is drawn only where its points span at least MIN_LOG_LOSS_RANGE in ln-loss
+(`line_support`); narrower data gives a slope that extrapolates noise.
 
 Every fit or statistic that the data cannot support is None with a `reason`, never an exception.
 """
@@ -32,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from evilspectra import claims
 from evilspectra.errors import DataError
 from evilspectra.rundir import atomic_write_json, read_json
 
@@ -44,6 +58,7 @@ OUTCOME_COLUMNS = {
     "spectral_reg",
     "status",
     "final_loss",
+    "initial_loss",
     "checkpoint",
     "step",
     "loss",
@@ -94,6 +109,10 @@ def analyze(sweep_dir: str | Path, windows: int = 2, margin: float = 0.05, n_boo
         "regulariser": regulariser_effect(df),
         "base_model": base_models(sweep_dir),
     }
+    result["fits"] = loss_fits(df, plain, windows=windows, n_boot=n_boot, seed=seed)
+    result["matched_loss"] = matched_loss(df, result["base_model"], n_boot=n_boot, seed=seed)
+    result["spectral_fits"] = spectral_fits(final)
+    result["claims"] = claims.evaluate_claims(result)
     result = _jsonable(result)
     atomic_write_json(sweep_dir / ANALYSIS, result)
     return result
@@ -122,6 +141,7 @@ def load_results(sweep_dir: Path) -> pd.DataFrame:
     numeric = [
         "spectral_reg",
         "final_loss",
+        "initial_loss",
         "step",
         "loss",
         "loss_smoothed",
@@ -249,14 +269,36 @@ def fit_ols(data: pd.DataFrame, formula: str) -> dict:
             "slope": float(at.iloc[1] - at.iloc[0]),
             "log_loss_min": float(data.loc[data["optimizer"] == name, "log_loss"].min()),
             "log_loss_max": float(data.loc[data["optimizer"] == name, "log_loss"].max()),
+            **line_support(data.loc[data["optimizer"] == name, "log_loss"]),
         }
     return out | {
+        **line_support(data["log_loss"]),
         "r2": float(fit.rsquared),
         "adj_r2": float(fit.rsquared_adj),
         "params": {k: float(v) for k, v in fit.params.items()},
         "pvalues": {k: float(v) for k, v in fit.pvalues.items()},
         "lines": lines,
     }
+
+
+MIN_LOG_LOSS_RANGE = 0.3  # ln-loss span a fitted line needs before the report draws it
+MIN_LINE_POINTS = 4
+
+
+def line_support(log_loss: pd.Series) -> dict:
+    """May a line fitted over these ln-loss values be drawn? {"drawable", "log_loss_range", "line_note"}.
+
+    The rule: at least MIN_LINE_POINTS points spanning at least MIN_LOG_LOSS_RANGE in ln-loss. Over a
+    narrower span the slope is set by noise (0.018 of ln-loss gave slopes of 19,788 points per unit).
+    """
+    x = log_loss.replace([np.inf, -np.inf], np.nan).dropna()
+    span = float(x.max() - x.min()) if len(x) else 0.0
+    note = None
+    if len(x) < MIN_LINE_POINTS:
+        note = f"{len(x)} points: a line needs at least {MIN_LINE_POINTS}"
+    elif span < MIN_LOG_LOSS_RANGE:
+        note = f"ln-loss spans {span:.3f} < {MIN_LOG_LOSS_RANGE}: too narrow for a slope"
+    return {"drawable": note is None, "log_loss_range": span, "line_note": note}
 
 
 def regressions(final: pd.DataFrame) -> dict:
@@ -445,12 +487,224 @@ def regulariser_effect(df: pd.DataFrame) -> dict:
 
 
 def _delta_means(pairs: pd.DataFrame) -> dict:
+    """Mean of each paired difference with a 95% t interval over the pairs (`<delta>_ci`)."""
     out = {}
     for name in DELTAS.values():
         values = pairs[name].dropna()
         out[name], out[f"n_{name}"] = (float(values.mean()) if len(values) else None), len(values)
+        out[f"{name}_ci"] = _t_interval(values.to_numpy(float))
     out["n"] = len(pairs)
     return out
+
+
+def _t_interval(values: np.ndarray) -> list[float] | None:
+    """95% t interval of the mean (None below two values)."""
+    from scipy import stats
+
+    if len(values) < 2:
+        return None
+    if np.all(values == values[0]):
+        return [float(values[0]), float(values[0])]
+    lo, hi = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+    return [float(lo), float(hi)]
+
+
+# ---------------------------------------------------------------- fits with run-level uncertainty
+
+
+def clustered_fit(data: pd.DataFrame, formula: str, term: str) -> dict:
+    """OLS of `formula` with standard errors clustered by run_id (CR1, statsmodels): `term`'s
+    coefficient, SE, 95% CI and p, with n points and n runs; None fields with a `reason`."""
+    import statsmodels.formula.api as smf
+
+    outcome, *_ = formula.split("~")
+    cols = [outcome.strip(), term, "run_id"] + [c for c in ("optimizer", "log_loss") if c in formula and c != term]
+    data = data[cols].replace([np.inf, -np.inf], np.nan).dropna()
+    out: dict[str, Any] = {"formula": formula, "term": term, "n": len(data), "n_runs": int(data["run_id"].nunique())}
+    out |= {"coef": None, "se": None, "ci": None, "p": None}
+    model = smf.ols(formula, data=data) if len(data) else None
+    if model is None or len(data) <= model.exog.shape[1] or out["n_runs"] < 3:
+        return out | {"reason": f"{len(data)} points from {out['n_runs']} runs: too few for a clustered fit"}
+    if np.linalg.matrix_rank(model.exog) < model.exog.shape[1] or data[term].nunique() < 2:
+        return out | {"reason": f"the design is rank-deficient ({term} does not vary enough)"}
+    groups = pd.factorize(data["run_id"])[0]
+    fit = model.fit(cov_type="cluster", cov_kwds={"groups": groups})
+    lo, hi = fit.conf_int().loc[term]
+    return out | {
+        "coef": float(fit.params[term]),
+        "se": float(fit.bse[term]),
+        "ci": [float(lo), float(hi)],
+        "p": float(fit.pvalues[term]),
+        "r2": float(fit.rsquared),
+    }
+
+
+def bootstrap_fits(rows: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> dict:
+    """95% percentile intervals, resampling runs, of the loss-only R^2, the stratified adjusted R^2 and
+    their gain (`rows`: checkpoints with log_loss, mean_aligned, optimizer, run_id). Resamples whose
+    design is rank-deficient are skipped and counted."""
+    from patsy import dmatrices
+
+    rows = rows.dropna(subset=["mean_aligned", "log_loss"])
+    out: dict[str, Any] = {"n_boot": n_boot, "seed": seed, "r2_loss": None, "adj_r2_stratified": None, "gain": None}
+    if rows["run_id"].nunique() < 4 or rows["optimizer"].nunique() < 2:
+        return out | {"reason": "fewer than 4 runs or one optimiser: nothing to bootstrap"}
+    y, X_loss = dmatrices(LOSS_FORMULA, rows, return_type="dataframe")
+    _, X_strat = dmatrices(STRATIFIED_FORMULA, rows, return_type="dataframe")
+    y = y.to_numpy()[:, 0]
+    runs = pd.factorize(rows["run_id"])[0]
+    members = [np.flatnonzero(runs == k) for k in range(runs.max() + 1)]
+    rng = np.random.default_rng(seed)
+    stats_ = []
+    for _ in range(n_boot):
+        idx = np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])
+        fit_l, fit_s = _r2(X_loss.to_numpy()[idx], y[idx]), _r2(X_strat.to_numpy()[idx], y[idx])
+        if fit_l is not None and fit_s is not None:
+            stats_.append((fit_l[0], fit_s[1], fit_s[1] - fit_l[1]))
+    out["n_skipped"] = n_boot - len(stats_)
+    if len(stats_) < n_boot / 2:
+        return out | {"reason": f"{out['n_skipped']} of {n_boot} resamples were rank-deficient"}
+    lo, hi = np.percentile(np.array(stats_), [2.5, 97.5], axis=0)
+    return out | {"r2_loss": [lo[0], hi[0]], "adj_r2_stratified": [lo[1], hi[1]], "gain": [lo[2], hi[2]]}
+
+
+def _r2(X: np.ndarray, y: np.ndarray) -> tuple[float, float] | None:
+    """(R^2, adjusted R^2) of least squares, None when the design is rank-deficient or y constant."""
+    n, k = X.shape
+    if n <= k or np.linalg.matrix_rank(X) < k:
+        return None
+    resid = y - X @ np.linalg.lstsq(X, y, rcond=None)[0]
+    sst = ((y - y.mean()) ** 2).sum()
+    if sst <= 0:
+        return None
+    r2 = 1 - (resid**2).sum() / sst
+    return r2, 1 - (1 - r2) * (n - 1) / (n - k)
+
+
+def loss_fits(df: pd.DataFrame, plain_final: pd.DataFrame, windows: int = 2, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Alignment on ln(loss) with run-level uncertainty, final checkpoints and trajectory points."""
+    points = _checkpoints(df)
+    late = points[points["progress"] > 1 - 1 / windows]
+    return {
+        "final": clustered_fit(plain_final, LOSS_FORMULA, "log_loss"),
+        "final_stratified": clustered_fit(plain_final, "mean_aligned ~ log_loss + C(optimizer)", "log_loss"),
+        "trajectory": clustered_fit(points, LOSS_FORMULA, "log_loss"),
+        "trajectory_stratified": clustered_fit(points, "mean_aligned ~ log_loss + C(optimizer)", "log_loss"),
+        "final_log_loss_range": line_support(plain_final["log_loss"])["log_loss_range"],
+        "bootstrap_final": bootstrap_fits(plain_final, n_boot, seed),
+        "bootstrap_late_window": bootstrap_fits(late, n_boot, seed) | {"progress_above": 1 - 1 / windows},
+    }
+
+
+# ----------------------------------------------------------------------------- matched loss
+
+
+def matched_loss(df: pd.DataFrame, base: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
+    """Each unregularised run's mean alignment and misalignment rate at one common training loss.
+
+    A run's trajectory is the base model (at the run's first-step loss, B = 0) followed by its
+    evaluated checkpoints in step order; the values are interpolated linearly in ln(loss) at the
+    first crossing of the level. The level is the highest loss that at least half of every
+    optimiser's runs reach (max over optimisers of the median lowest checkpoint loss). Per
+    optimiser: mean over the runs that reach it, 95% bootstrap over runs; pairwise differences.
+    """
+    points = _checkpoints(df).sort_values(["run_id", "step"])
+    ref = next((b for b in base if b.get("mean_aligned") is not None), None)
+    out: dict[str, Any] = {"level_loss": None, "per_optimizer": [], "differences": []}
+    if points.empty or ref is None:
+        return out | {"reason": "needs evaluated checkpoints and the base model's evaluation"}
+    lowest = points.groupby(["optimizer", "run_id"])["loss_smoothed"].min()
+    level = float(lowest.groupby(level=0).median().max())
+    runs = []
+    for (name, run_id), g in points.groupby(["optimizer", "run_id"]):
+        first = g["initial_loss"].dropna()
+        start = [(float(first.iloc[0]), ref["mean_aligned"], ref["misalignment_rate"])] if len(first) else []
+        traj = start + list(zip(g["loss_smoothed"], g["mean_aligned"], g["misalignment_rate"]))
+        value = _crossing(traj, level)
+        if value is not None:
+            runs.append({"optimizer": name, "run_id": run_id, "mean_aligned": value[0], "misalignment_rate": value[1]})
+    table = pd.DataFrame(runs, columns=["optimizer", "run_id", "mean_aligned", "misalignment_rate"])
+    rng_seed = seed
+    boots = {}
+    for name, g in table.groupby("optimizer"):
+        row = {"optimizer": name, "n_runs": len(g), "n_runs_total": int(lowest.loc[name].size)}
+        for col in ("mean_aligned", "misalignment_rate"):
+            values = g[col].dropna().to_numpy(float)
+            boots[(name, col)] = _boot_means(values, n_boot, rng_seed)
+            row[col] = float(values.mean()) if len(values) else None
+            row[f"{col}_ci"] = _percentile(boots[(name, col)])
+        out["per_optimizer"].append(row)
+    names = [r["optimizer"] for r in out["per_optimizer"]]
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            d = (
+                boots[(b, "misalignment_rate")] - boots[(a, "misalignment_rate")]
+                if len(boots[(a, "misalignment_rate")]) and len(boots[(b, "misalignment_rate")])
+                else np.array([])
+            )
+            est = _diff(out["per_optimizer"], a, b)
+            out["differences"].append({"a": a, "b": b, "rate_b_minus_a": est, "ci": _percentile(d)})
+    out["spread"] = _matched_spread(out["per_optimizer"], boots)
+    return out | {"level_loss": level, "level_log_loss": math.log(level) if level > 0 else None, "n_boot": n_boot}
+
+
+def _crossing(traj: list[tuple[float, float, float]], level: float) -> tuple[float, float] | None:
+    """(alignment, rate) where the trajectory first reaches `level`, interpolated in ln(loss)."""
+    for (l0, a0, r0), (l1, a1, r1) in zip(traj, traj[1:]):
+        if l0 >= level >= l1 and l0 > 0 and l1 > 0:
+            w = 0.0 if l0 == l1 else (math.log(l0) - math.log(level)) / (math.log(l0) - math.log(l1))
+            lerp = lambda x, y: None if pd.isna(x) or pd.isna(y) else float(x + w * (y - x))  # noqa: E731
+            return lerp(a0, a1), lerp(r0, r1)
+    return None
+
+
+def _boot_means(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    if len(values) < 2:
+        return np.array([])
+    idx = np.random.default_rng(seed).integers(0, len(values), size=(n_boot, len(values)))
+    return values[idx].mean(axis=1)
+
+
+def _percentile(draws: np.ndarray) -> list[float] | None:
+    return [float(x) for x in np.percentile(draws, [2.5, 97.5])] if len(draws) else None
+
+
+def _diff(rows: list[dict], a: str, b: str) -> float | None:
+    ra = next(r["misalignment_rate"] for r in rows if r["optimizer"] == a)
+    rb = next(r["misalignment_rate"] for r in rows if r["optimizer"] == b)
+    return rb - ra if ra is not None and rb is not None else None
+
+
+def _matched_spread(rows: list[dict], boots: dict) -> dict:
+    """Highest over lowest matched-loss misalignment rate, with the bootstrap of that same ratio."""
+    rated = [r for r in rows if r["misalignment_rate"] is not None]
+    if len(rated) < 2:
+        return {"ratio": None, "ci": None, "reason": "fewer than two optimisers at the matched loss"}
+    hi, lo = max(rated, key=lambda r: r["misalignment_rate"]), min(rated, key=lambda r: r["misalignment_rate"])
+    out = {"max_optimizer": hi["optimizer"], "min_optimizer": lo["optimizer"], "ratio": None, "ci": None}
+    if lo["misalignment_rate"] <= 0:
+        return out | {"reason": f"{lo['optimizer']} has a rate of 0 at the matched loss: the ratio is unbounded"}
+    out["ratio"] = hi["misalignment_rate"] / lo["misalignment_rate"]
+    num, den = boots[(hi["optimizer"], "misalignment_rate")], boots[(lo["optimizer"], "misalignment_rate")]
+    if len(num) and len(den):
+        ratio = np.where(den > 0, num / np.where(den > 0, den, 1), np.inf)
+        out["ci"] = [float(x) for x in np.percentile(ratio, [2.5, 97.5])]
+    return out
+
+
+# ------------------------------------------------------------------------- spectra vs alignment
+
+
+def spectral_fits(final: pd.DataFrame) -> dict:
+    """Mean alignment on Frobenius/nuclear over all final checkpoints: pooled, and within optimiser
+    at equal loss (optimiser intercepts and a ln-loss term: the slope compares runs of the same
+    optimiser that reached the same loss), run-clustered CIs."""
+    return {
+        "pooled": clustered_fit(final, "mean_aligned ~ frobenius_nuclear", "frobenius_nuclear"),
+        "within_optimizer": clustered_fit(
+            final, "mean_aligned ~ frobenius_nuclear + log_loss + C(optimizer)", "frobenius_nuclear"
+        ),
+    }
 
 
 # ------------------------------------------------------------------------------------ helpers

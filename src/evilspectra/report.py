@@ -36,6 +36,7 @@ def write_report(sweep_dir: str | Path) -> Path:
     results = load_results(sweep_dir)
     colors = _colors(sorted(results["optimizer"].unique()))
     sections = [
+        _claims_section(analysis),
         _config_section(sweep_dir, analysis),
         _section(
             "Misalignment by optimiser",
@@ -49,7 +50,8 @@ def write_report(sweep_dir: str | Path) -> Path:
             "Training loss vs alignment",
             _figure(_plot_loss_alignment(results, analysis, colors)),
             "Each point is one run's final checkpoint. Dashed black: one line for all runs (loss only); "
-            "coloured: a line per optimiser. If the coloured lines sit apart at equal loss, the optimiser "
+            "coloured: a line per optimiser, drawn only where its points span enough ln-loss for a slope "
+            "(see the table's notes). If the coloured lines sit apart at equal loss, the optimiser "
             "matters beyond the loss it reaches.",
             _regression_table(analysis),
         ),
@@ -59,7 +61,7 @@ def write_report(sweep_dir: str | Path) -> Path:
             "Left: each optimiser's checkpoints in training order (arrows point forward; labels are steps), "
             "averaged over its runs. Right: adjusted R^2 of the two models fitted within windows of training "
             "progress; where the stratified line pulls away, the optimiser explains alignment that loss does not.",
-            _windows_table(analysis),
+            _windows_table(analysis) + _matched_table(analysis),
         ),
         _section(
             "Normalised LoRA spectra",
@@ -162,10 +164,10 @@ def _plot_loss_alignment(results: pd.DataFrame, analysis: dict, colors: dict):
     for name, g in final.groupby("optimizer"):
         ax.scatter(g["log_loss"], g["mean_aligned"], color=colors[name], label=name, s=28, alpha=0.85)
         line = (reg["stratified"].get("lines") or {}).get(name)
-        if line:
+        if line and line.get("drawable"):  # analysis.line_support: no line over too narrow a range
             xs = np.array([line["log_loss_min"], line["log_loss_max"]])
             ax.plot(xs, line["intercept"] + line["slope"] * xs, color=colors[name], lw=1.5)
-    if reg["loss_only"]["r2"] is not None:
+    if reg["loss_only"]["r2"] is not None and reg["loss_only"].get("drawable"):
         p = reg["loss_only"]["params"]
         xs = np.array([final["log_loss"].min(), final["log_loss"].max()])
         ax.plot(xs, p["Intercept"] + p["log_loss"] * xs, "k--", lw=1.5, label="all runs")
@@ -397,11 +399,66 @@ def _regression_table(analysis: dict) -> str:
     lines = reg["stratified"].get("lines") or {}
     if lines:
         out += _table(
-            ["optimizer", "intercept", "slope per unit ln(loss)"],
-            [[k, _fmt(v["intercept"], 2), _fmt(v["slope"], 2)] for k, v in lines.items()],
+            ["optimizer", "intercept", "slope per unit ln(loss)", "ln-loss range", "drawn"],
+            [
+                [
+                    k,
+                    _fmt(v["intercept"], 2),
+                    _fmt(v["slope"], 2),
+                    _fmt(v.get("log_loss_range"), 3),
+                    "yes" if v.get("drawable") else v.get("line_note") or "no",
+                ]
+                for k, v in lines.items()
+            ],
             "Per-optimiser lines of the stratified model",
         )
+    fits = analysis.get("fits") or {}
+    rows = [
+        [
+            key.replace("_", " "),
+            f["formula"],
+            f["n"],
+            f["n_runs"],
+            _fmt(f["coef"], 2),
+            _ci_num(f["ci"], 2),
+            _fmt(f.get("p"), 3),
+            f.get("reason", ""),
+        ]
+        for key, f in fits.items()
+        if isinstance(f, dict) and "term" in f
+    ]
+    if rows:
+        out += _table(
+            ["points", "model", "n", "runs", "slope on ln(loss)", "95% CI (run-clustered)", "p", "note"],
+            rows,
+            "The loss slope with standard errors clustered by run: final checkpoints, and every evaluated checkpoint",
+        )
     return out
+
+
+def _matched_table(analysis: dict) -> str:
+    m = analysis.get("matched_loss") or {}
+    if not m.get("per_optimizer"):
+        return (
+            f'<p class="empty">No alignment at a matched loss: {html.escape(m.get("reason", "no runs reach it"))}</p>'
+        )
+    rows = [
+        [
+            r["optimizer"],
+            f"{r['n_runs']}/{r['n_runs_total']}",
+            _fmt(r["mean_aligned"], 1),
+            _ci_num(r["mean_aligned_ci"], 1),
+            _pct(r["misalignment_rate"]),
+            _ci(*(r["misalignment_rate_ci"] or [None, None])),
+        ]
+        for r in m["per_optimizer"]
+    ]
+    return _table(
+        ["optimizer", "runs reaching it", "mean aligned", "95% CI", "misaligned", "95% CI"],
+        rows,
+        f"At matched training loss {m['level_loss']:.3f} (interpolated along each run's trajectory; "
+        "bootstrap over runs)",
+    )
 
 
 def _windows_table(analysis: dict) -> str:
@@ -442,11 +499,23 @@ def _correlation_table(analysis: dict) -> str:
         ]
         for c in analysis["spectral_correlations"]
     ]
-    return _table(
+    out = _table(
         ["spectral metric", "outcome", "n runs", "Pearson r", "p", "Spearman rho", "p", "note"],
         rows,
         "Correlations over all final checkpoints (regularised runs included)",
     )
+    fits = analysis.get("spectral_fits") or {}
+    rows = [
+        [k.replace("_", " "), f["formula"], f["n"], _fmt(f["coef"], 1), _ci_num(f["ci"], 1), f.get("reason", "")]
+        for k, f in fits.items()
+    ]
+    if rows:
+        out += _table(
+            ["", "model", "runs", "slope on F/N", "95% CI (run-clustered)", "note"],
+            rows,
+            "Mean alignment on Frobenius/nuclear, pooled and within optimiser (optimiser intercepts)",
+        )
+    return out
 
 
 def _regulariser_table(analysis: dict) -> str:
@@ -457,6 +526,7 @@ def _regulariser_table(analysis: dict) -> str:
             _fmt(r["spectral_reg"], 3),
             r["n"],
             _fmt(r["delta_mean_aligned"], 2),
+            _ci_num(r.get("delta_mean_aligned_ci"), 2),
             _pct(r["delta_misalignment_rate"]),
             _fmt(r["delta_final_loss"], 4),
             _fmt(r["delta_frobenius_nuclear"], 3),
@@ -471,6 +541,7 @@ def _regulariser_table(analysis: dict) -> str:
                 "-",
                 o["n"],
                 _fmt(o["delta_mean_aligned"], 2),
+                _ci_num(o.get("delta_mean_aligned_ci"), 2),
                 _pct(o["delta_misalignment_rate"]),
                 _fmt(o["delta_final_loss"], 4),
                 _fmt(o["delta_frobenius_nuclear"], 3),
@@ -486,6 +557,7 @@ def _regulariser_table(analysis: dict) -> str:
             "weight",
             "pairs",
             "delta mean aligned",
+            "95% CI (pairs)",
             "delta misaligned",
             "delta final loss",
             "delta Frobenius/nuclear",
@@ -496,6 +568,42 @@ def _regulariser_table(analysis: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------- page
+
+
+VERDICT_STYLE = {"reproduced": "ok", "not reproduced": "no", "inconclusive": "maybe"}
+
+
+def _claims_section(analysis: dict) -> str:
+    """The study's claims, this sweep's figure with its interval and the verdict of the rule in
+    evilspectra.claims; a plain sentence for every claim this world contradicts."""
+    rows = analysis.get("claims") or []
+    if not rows:
+        return ""
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape(str(c))}</td>"
+            for c in (r["claim"], r["paper"], _fmt(r["estimate"], 3), _ci_num(r["ci"], 3), r["measured_as"])
+        )
+        + f'<td class="{VERDICT_STYLE[r["verdict"]]}">{html.escape(r["verdict"])} ({html.escape(r["reason"])})</td></tr>'
+        for r in rows
+    )
+    head = "".join(f"<th>{h}</th>" for h in ("claim", "paper", "this sweep", "95% CI", "measured as", "verdict"))
+    counts = {v: sum(r["verdict"] == v for r in rows) for v in VERDICT_STYLE}
+    disagree = [r["claim"] for r in rows if r["verdict"] == "not reproduced"]
+    note = (
+        "<p>Where this world disagrees with the paper: " + "; ".join(html.escape(d) for d in disagree) + ".</p>"
+        if disagree
+        else ""
+    )
+    summary = ", ".join(f"{n} {v}" for v, n in counts.items())
+    return (
+        f'<section><h2>The study\'s claims, checked</h2><p class="how">{summary}. A verdict is computed from the '
+        "interval by a fixed rule (evilspectra.claims): reproduced when the interval lies on the claimed side of the "
+        "bound (or inside the band), not reproduced when it lies on the other side, inconclusive otherwise.</p>"
+        f'{note}<div class="scroll"><table class="claims"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+        "</table></div></section>"
+    )
 
 
 def _config_section(sweep_dir: Path, analysis: dict) -> str:
@@ -529,6 +637,8 @@ th, td { border: 1px solid #ddd; padding: 0.25em 0.5em; text-align: right; white
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 table.kv td { text-align: left; white-space: normal; max-width: 60em; overflow-wrap: anywhere; }
 .scroll { overflow-x: auto; }
+table.claims td { white-space: normal; text-align: left; max-width: 30em; }
+td.ok { background: #e3f4e1; } td.no { background: #f9e0e0; } td.maybe { background: #f6f0d8; }
 """
 
 # Records how many images decoded, for headless checks: <body data-images-ok="N/M">.
@@ -559,6 +669,10 @@ def _fmt(x: float | None, digits: int, none: str = "-") -> str:
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _ci_num(ci: list[float] | None, digits: int) -> str:
+    return "-" if not ci or ci[0] is None or ci[1] is None else f"{ci[0]:.{digits}f} to {ci[1]:.{digits}f}"
 
 
 def _ci(lo: float | None, hi: float | None) -> str:

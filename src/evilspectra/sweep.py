@@ -215,6 +215,7 @@ def collect_results(sweep_dir: Path, spec: SweepSpec) -> pd.DataFrame:
         base = _config_columns(cfg) | {
             "status": status,
             "final_loss": manifest.get("final_loss"),
+            "initial_loss": metrics[0]["loss"] if metrics else None,  # step 1: the base model's loss (B = 0)
             "error": error.get("error") if error else None,
         }
         targets = select_adapters(run, spec.eval.checkpoints) if manifest.get("status") == "done" else []
