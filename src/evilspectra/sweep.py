@@ -37,7 +37,14 @@ class Variant(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     optimizers: list[str] | None = Field(None, description="optimiser names it applies to; None = all")
+    where: dict[str, list[Any]] = Field(
+        default_factory=dict, description="dotted key -> values: only points with one of these values (e.g. a lr)"
+    )
     set: dict[str, Any]
+
+    def applies(self, point: dict[str, Any]) -> bool:
+        named = self.optimizers is None or point.get("optimizer.name") in self.optimizers
+        return named and all(point.get(key) in values for key, values in self.where.items())
 
 
 class Resources(BaseModel):
@@ -88,11 +95,7 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
     """All run configs of the sweep, in a stable order, without duplicates."""
     points = [{**g, **o} for o in _optimizer_points(spec.optimizers) for g in _product(spec.grid)]
     for variant in spec.variants:
-        points += [
-            {**p, **variant.set}
-            for p in points
-            if variant.optimizers is None or p.get("optimizer.name") in variant.optimizers
-        ]
+        points += [{**p, **variant.set} for p in points if variant.applies(p)]
     configs, seen = [], set()
     for i, point in enumerate(points):
         tree = copy.deepcopy(spec.base)

@@ -21,18 +21,22 @@ def demo(
     out: Path = typer.Option(Path("demo"), "--out", "-o", help="Sweep directory to write (resumable)."),
     preset: str = typer.Option("toy-optimisers", help="Preset sweep (see `evilspectra presets`) or a sweep YAML."),
     max_parallel: int | None = typer.Option(None, min=1, help="Runs at a time (default: one per CPU core)."),
+    quick: bool = typer.Option(False, "--quick", help="The small `toy-quick` preset (12 runs): a first look, tests."),
 ) -> None:
-    """Run the embedded toy study: five optimisers (+ the spectral regulariser), analysis and report."""
+    """Run the embedded toy study: five optimisers (+ the spectral regulariser), analysis with the
+    study's claims checked, and report."""
     from evilspectra.analysis import analyze
     from evilspectra.report import write_report
     from evilspectra.sweep import preset_path
 
     t0 = time.perf_counter()
     parallel = max_parallel or os.cpu_count() or 1
+    preset = "toy-quick" if quick else preset
     sweep_command(preset_path(preset), out, executor="local", ray_address=None, max_parallel=parallel, dry_run=False)
     result = analyze(out)
     report = write_report(out)
     _print_headline(result)
+    _print_claims(result)
     console.print(f"demo finished in {time.perf_counter() - t0:.0f} s; report: [bold]{report.resolve()}[/]")
 
 
@@ -59,9 +63,18 @@ def _print_headline(result: dict) -> None:
     console.print(table)
 
 
+def _print_claims(result: dict) -> None:
+    table = Table("claim", "paper", "this sweep (95% CI)", "verdict", title="The study's claims (evilspectra.claims)")
+    for c in result.get("claims", []):
+        ci = c["ci"]
+        figure = _num(c["estimate"], 3) + (f" ({ci[0]:.3f} to {ci[1]:.3f})" if ci else "")
+        table.add_row(c["claim"], c["paper"], figure, c["verdict"])
+    console.print(table)
+
+
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def _num(x) -> str:
-    return "-" if x is None else f"{x:.1f}"
+def _num(x, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
