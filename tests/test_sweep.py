@@ -59,7 +59,7 @@ def test_expand_grid_optimizers_and_variants():
 
 
 def test_presets_load():
-    for name in ["toy-optimisers"]:
+    for name in ["toy-optimisers", "toy-quick"]:
         assert expand(load_sweep(name))
     for path in Path(__file__).parents[1].joinpath("configs").glob("*.yaml"):
         assert expand(load_sweep(path)), path

@@ -28,6 +28,7 @@ def analyze(
     print_rates(result)
     print_regressions(result)
     print_regulariser(result)
+    print_claims(result)
     console.print(f"analysis -> {sweep_dir / ANALYSIS}")
 
 
@@ -145,6 +146,20 @@ def print_regulariser(result: dict) -> None:
         console.print(
             f"{len(reg['unpaired'])} regularised run(s) without an unregularised twin: {', '.join(reg['unpaired'])}"
         )
+
+
+def print_claims(result: dict) -> None:
+    table = Table("claim", "paper", "this sweep", "95% CI", "verdict", title="The study's claims (evilspectra.claims)")
+    for c in result.get("claims", []):
+        ci = c["ci"]
+        table.add_row(
+            c["claim"],
+            c["paper"],
+            _num(c["estimate"], 3),
+            "-" if not ci else f"{ci[0]:.3f} to {ci[1]:.3f}",
+            c["verdict"],
+        )
+    console.print(table)
 
 
 def _pct(x: float | None) -> str:

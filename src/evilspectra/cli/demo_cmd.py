@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from evilspectra.cli import app
+from evilspectra.cli.analysis_cmd import print_claims
 from evilspectra.cli.sweep_cmd import sweep as sweep_command
 
 console = Console()
@@ -36,7 +37,7 @@ def demo(
     result = analyze(out)
     report = write_report(out)
     _print_headline(result)
-    _print_claims(result)
+    print_claims(result)
     console.print(f"demo finished in {time.perf_counter() - t0:.0f} s; report: [bold]{report.resolve()}[/]")
 
 
@@ -63,18 +64,9 @@ def _print_headline(result: dict) -> None:
     console.print(table)
 
 
-def _print_claims(result: dict) -> None:
-    table = Table("claim", "paper", "this sweep (95% CI)", "verdict", title="The study's claims (evilspectra.claims)")
-    for c in result.get("claims", []):
-        ci = c["ci"]
-        figure = _num(c["estimate"], 3) + (f" ({ci[0]:.3f} to {ci[1]:.3f})" if ci else "")
-        table.add_row(c["claim"], c["paper"], figure, c["verdict"])
-    console.print(table)
-
-
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def _num(x, digits: int = 1) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
