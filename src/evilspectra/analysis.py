@@ -605,8 +605,11 @@ def matched_loss(df: pd.DataFrame, base: list[dict], n_boot: int = 2000, seed: i
     A run's trajectory is the base model (at the run's first-step loss, B = 0) followed by its
     evaluated checkpoints in step order; the values are interpolated linearly in ln(loss) at the
     first crossing of the level. The level is the highest loss that at least half of every
-    optimiser's runs reach (max over optimisers of the median lowest checkpoint loss). Per
-    optimiser: mean over the runs that reach it, 95% bootstrap over runs; pairwise differences.
+    optimiser's runs reach (max over optimisers of the lower median of the runs' lowest checkpoint
+    loss: a loss some run actually reached, never the midpoint between two rungs of a learning-rate
+    ladder), so that every optimiser is compared where its runs have trained to that loss, not
+    part-way along a straight line from the base model. Per optimiser: mean over the runs that reach it, 95%
+    bootstrap over runs; pairwise differences.
     """
     points = _checkpoints(df).sort_values(["run_id", "step"])
     ref = next((b for b in base if b.get("mean_aligned") is not None), None)
@@ -614,7 +617,7 @@ def matched_loss(df: pd.DataFrame, base: list[dict], n_boot: int = 2000, seed: i
     if points.empty or ref is None:
         return out | {"reason": "needs evaluated checkpoints and the base model's evaluation"}
     lowest = points.groupby(["optimizer", "run_id"])["loss_smoothed"].min()
-    level = float(lowest.groupby(level=0).median().max())
+    level = float(lowest.groupby(level=0).quantile(0.5, interpolation="lower").max())
     runs = []
     for (name, run_id), g in points.groupby(["optimizer", "run_id"]):
         first = g["initial_loss"].dropna()
@@ -624,13 +627,12 @@ def matched_loss(df: pd.DataFrame, base: list[dict], n_boot: int = 2000, seed: i
         if value is not None:
             runs.append({"optimizer": name, "run_id": run_id, "mean_aligned": value[0], "misalignment_rate": value[1]})
     table = pd.DataFrame(runs, columns=["optimizer", "run_id", "mean_aligned", "misalignment_rate"])
-    rng_seed = seed
     boots = {}
-    for name, g in table.groupby("optimizer"):
+    for i, (name, g) in enumerate(table.groupby("optimizer")):
         row = {"optimizer": name, "n_runs": len(g), "n_runs_total": int(lowest.loc[name].size)}
         for col in ("mean_aligned", "misalignment_rate"):
             values = g[col].dropna().to_numpy(float)
-            boots[(name, col)] = _boot_means(values, n_boot, rng_seed)
+            boots[(name, col)] = _boot_means(values, n_boot, seed + 1000 * i)  # independent draws per optimiser
             row[col] = float(values.mean()) if len(values) else None
             row[f"{col}_ci"] = _percentile(boots[(name, col)])
         out["per_optimizer"].append(row)
