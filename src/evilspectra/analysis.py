@@ -608,8 +608,8 @@ def matched_loss(df: pd.DataFrame, base: list[dict], n_boot: int = 2000, seed: i
     optimiser's runs reach (max over optimisers of the lower median of the runs' lowest checkpoint
     loss: a loss some run actually reached, never the midpoint between two rungs of a learning-rate
     ladder), so that every optimiser is compared where its runs have trained to that loss, not
-    part-way along a straight line from the base model. Per optimiser: mean over the runs that reach it, 95%
-    bootstrap over runs; pairwise differences.
+    part-way along a straight line from the base model. Per optimiser: mean over the runs that
+    reach it, 95% bootstrap over runs; pairwise differences of misalignment rate.
     """
     points = _checkpoints(df).sort_values(["run_id", "step"])
     ref = next((b for b in base if b.get("mean_aligned") is not None), None)
