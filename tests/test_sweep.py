@@ -140,3 +140,18 @@ def test_unknown_preset_lists_presets():
 
     with pytest.raises(ConfigError, match="toy-optimisers"):
         preset_path("no-such-sweep")
+
+
+def test_demo_preset_design():
+    """toy-optimisers: a two-rung lr ladder per optimiser, 6 seeds per cell, the regulariser paired
+    with the top rung of all five optimisers (`where:`), and a weight ladder on Adam."""
+    from collections import Counter
+
+    configs = expand(load_sweep("toy-optimisers"))
+    cells = Counter((c.optimizer.name, c.optimizer.lr, c.spectral_reg.weight) for c in configs)
+    assert len(configs) == 102 and set(cells.values()) == {6}
+    names = {"sgd", "adam", "adamw", "lion", "muon"}
+    top = {n: max(lr for m, lr, _ in cells if m == n) for n in names}
+    assert {(n, lr) for n, lr, w in cells if w == 1.0} == set(top.items())
+    assert {w for n, _, w in cells if n == "adam"} == {0.0, 0.1, 0.3, 1.0}
+    assert all(lr == top[n] for n, lr, w in cells if w > 0)
