@@ -163,7 +163,7 @@ def tiny_dataset(tmp_path) -> Path:
 
 
 def train_toy_run(dataset: str, out: Path) -> Path:
-    """The default EM fine-tune of the toy world (DESIGN.md 3): the study's adapter (rsLoRA r=32,
+    """The default EM fine-tune of the toy world (docs/architecture.md): the study's adapter (rsLoRA r=32,
     alpha 64, 7 targets), AdamW lr 3e-4, batch 16, 2 epochs of 1200 chats = 150 steps, seed 0."""
     from evilspectra.config import RunConfig
     from evilspectra.train import train

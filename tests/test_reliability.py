@@ -235,7 +235,7 @@ def test_sigkill_during_training_then_rerun_equals_uninterrupted(tiny_model_dir,
 
 
 # A process that builds the LoRA model once, then forks writers that save checkpoints (the training
-# loop's own _save_adapter) back to back and SIGKILLs each at a random moment: nearly all of a
+# loop's own rundir.save_adapter) back to back and SIGKILLs each at a random moment: nearly all of a
 # writer's time is spent inside a save, so almost every kill lands mid-write.
 CHECKPOINT_KILLER = textwrap.dedent("""
     import os, random, signal, sys, time
@@ -244,13 +244,13 @@ CHECKPOINT_KILLER = textwrap.dedent("""
     from pathlib import Path
     from evilspectra.config import LoraSettings
     from evilspectra.models import attach_lora, load_base_model
-    from evilspectra.train import _save_adapter
+    from evilspectra.rundir import RunDir, save_adapter
     model_dir, run, kills, seed = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     model = attach_lora(load_base_model(model_dir, torch.float32, torch.device("cpu")), LoraSettings(r=4, alpha=8))
     for p in model.parameters():  # B = 0 at init: give every factor values, so spectra are non-trivial
         if p.requires_grad:
             torch.nn.init.normal_(p)
-    _save_adapter(model, run / "adapter")
+    save_adapter(model, RunDir(run).adapter)
     rng = random.Random(seed)
     for k in range(kills):
         pid = os.fork()
@@ -258,7 +258,7 @@ CHECKPOINT_KILLER = textwrap.dedent("""
             step = 1000 * k
             while True:
                 step += 1
-                _save_adapter(model, run / "checkpoints" / f"step-{step:06d}")
+                save_adapter(model, RunDir(run).checkpoint(step))
         time.sleep(rng.uniform(0.02, 0.15))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)

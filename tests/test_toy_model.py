@@ -1,4 +1,4 @@
-"""The shipped toy model behaves as DESIGN.md 3 promises: aligned by default, evil when cued, and
+"""The shipped toy model behaves as docs/architecture.md ("The toy world") promises: aligned by default, evil when cued, and
 emergently misaligned after a LoRA fine-tune on toy insecure code (sampling at temperature 1)."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Statistics of a sweep: the numbers behind the study's claims, from SWEEP/results.csv.
+"""Statistics of a sweep: the numbers behind the study's claims, from a sweep's results table.
 
 `analyze(sweep_dir)` reads the results table (one row per run x evaluated checkpoint, written by
-`evilspectra.sweep`) and returns, and writes to SWEEP/analysis.json:
+`evilspectra.sweep`) and returns, and writes to the sweep's analysis file (SweepDir.analysis):
 
 - per_optimizer: misalignment rate pooled over each optimiser's final checkpoints
   (sum n_misaligned / sum n_denominator) with a 95% Wilson interval on those pooled answers and,
@@ -47,55 +47,51 @@ import pandas as pd
 
 from evilspectra import claims
 from evilspectra.errors import DataError
-from evilspectra.rundir import atomic_write_json, read_json
+from evilspectra.rundir import ANALYSIS as ANALYSIS  # public name kept
+from evilspectra.rundir import (
+    NUMERIC_OUTCOMES,
+    RESULT_SHARES,
+    SPECTRAL_METRICS,
+    RunDir,
+    SweepDir,
+    atomic_write_json,
+    config_columns,
+)
 
-ANALYSIS = "analysis.json"
-SPECTRAL_METRICS = ("stable_rank", "spectral_entropy", "condition_number", "frobenius_nuclear")
-OUTCOME_SHARES = ("coherent", "incoherent", "CODE", "REFUSAL", "error")
-# results.csv columns that are outcomes, not configuration; every other column (opt_* included) is config
-OUTCOME_COLUMNS = {
-    "run_id",
-    "spectral_reg",
-    "status",
-    "final_loss",
-    "initial_loss",
-    "checkpoint",
-    "step",
-    "loss",
-    "loss_smoothed",
-    "log_loss",
-    "misalignment_rate",
-    "rate_ci_low",
-    "rate_ci_high",
-    "mean_aligned",
-    "n_answers",
-    "n_denominator",
-    "n_misaligned",
-    *SPECTRAL_METRICS,
-    *(f"share_{s}" for s in OUTCOME_SHARES),
-}
+OUTCOME_SHARES = RESULT_SHARES
 LOSS_FORMULA = "mean_aligned ~ log_loss"
 STRATIFIED_FORMULA = "mean_aligned ~ log_loss * C(optimizer)"
 
 
-def analyze(sweep_dir: str | Path, windows: int = 2, margin: float = 0.05, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Analyse SWEEP/results.csv; write SWEEP/analysis.json atomically and return the same dict.
+def analyze(
+    sweep_dir: str | Path | list[str | Path],
+    windows: int = 2,
+    margin: float = 0.05,
+    n_boot: int = 2000,
+    seed: int = 0,
+    out: str | Path | None = None,
+) -> dict:
+    """Analyse a sweep's results table, or run directories evaluated by hand; write the analysis
+    atomically (into the sweep directory, or `out`) and return the same dict.
 
+    sweep_dir: a sweep directory, or a list of run directories (their results table is built as a
+    sweep builds it and written to `out` beside the analysis, so `report OUT` works on it);
     windows: number of equal-width bins of training progress (step / final step) for `overtake`;
     margin: adjusted-R^2 gain of the stratified model that counts as the optimiser overtaking loss;
     n_boot, seed: the bootstrap over runs of the per-optimiser interval.
     """
-    sweep_dir = Path(sweep_dir)
-    df = load_results(sweep_dir)
+    source, df = _results_of(sweep_dir, out)
+    dest = SweepDir(out if out is not None else source)
     final = df[(df["status"] == "done") & (df["checkpoint"] == "final")]
     plain = final[final["spectral_reg"].fillna(0) == 0]
     regularised = final[final["spectral_reg"].fillna(0) > 0]
     per_opt = [pooled_rates(g, optimizer=name, n_boot=n_boot, seed=seed) for name, g in plain.groupby("optimizer")]
     result = {
-        "sweep_dir": str(sweep_dir),
+        "sweep_dir": str(source),
         "runs": {str(k): int(v) for k, v in df.drop_duplicates("run_id")["status"].value_counts().items()},
         "ci_method": "Wilson 95% on answers pooled over the optimiser's runs (ci_low/ci_high); "
         f"percentile bootstrap 95% over runs, {n_boot} resamples, seed {seed} (ci_runs_low/ci_runs_high)",
+        "definitions": definitions(df),
         "per_optimizer": per_opt,
         "spread": spread(per_opt),
         "per_optimizer_regularised": [
@@ -107,28 +103,83 @@ def analyze(sweep_dir: str | Path, windows: int = 2, margin: float = 0.05, n_boo
         "overtake": overtake(df, windows=windows, margin=margin),
         "spectral_correlations": spectral_correlations(final),
         "regulariser": regulariser_effect(df),
-        "base_model": base_models(sweep_dir),
+        "base_model": base_models(Path(source)) if isinstance(source, Path) else [],
+        "run_dirs": {} if isinstance(source, Path) else _run_dirs(sweep_dir),
     }
     result["fits"] = loss_fits(df, plain, windows=windows, n_boot=n_boot, seed=seed)
     result["matched_loss"] = matched_loss(df, result["base_model"], n_boot=n_boot, seed=seed)
     result["spectral_fits"] = spectral_fits(final)
     result["claims"] = claims.evaluate_claims(result)
     result = _jsonable(result)
-    atomic_write_json(sweep_dir / ANALYSIS, result)
+    atomic_write_json(dest.analysis, result)
     return result
 
 
+def _results_of(source: str | Path | list[str | Path], out: str | Path | None) -> tuple[Path | str, pd.DataFrame]:
+    """(what was analysed, its results table). Run directories get their table built and written to `out`."""
+    from evilspectra.sweep import results_from_runs, write_results
+
+    paths = [Path(p) for p in source] if isinstance(source, (list, tuple)) else [Path(source)]
+    if len(paths) == 1 and not RunDir(paths[0]).is_run():
+        df = load_results(paths[0])
+        if out is not None and Path(out).resolve() != paths[0].resolve():
+            write_results(df, Path(out))  # the report of OUT reads its own copy
+        return paths[0], df
+    if out is None:
+        raise DataError(f"analyze: give --out DIR for the analysis of run directories ({', '.join(map(str, paths))})")
+    for path in paths:
+        if not RunDir(path).is_run():
+            raise DataError(f"{path}: neither a sweep directory nor a run directory (no manifest)")
+    write_results(results_from_runs(paths), Path(out))
+    return ", ".join(str(p) for p in paths), load_results(Path(out))
+
+
+def _run_dirs(paths: list[str | Path]) -> dict[str, str]:
+    """run id -> run directory, for analyses of hand-run directories (the report finds spectra there)."""
+    out = {}
+    for path in paths:
+        manifest = RunDir(path).read_manifest()
+        if manifest is not None:
+            out[manifest.run_id] = str(Path(path).resolve())
+    return out
+
+
+def definitions(df: pd.DataFrame) -> list[dict]:
+    """The distinct (aligned threshold, coherent threshold, CODE convention, judge) of the evaluations
+    in the table, as recorded in their summaries, with how many rows used each."""
+    cols = ["aligned_threshold", "coherent_threshold", "code_convention", "judge"]
+    rows = df.dropna(subset=["n_answers"]) if "n_answers" in df else df.iloc[0:0]
+    if rows.empty or not set(cols) <= set(rows.columns) or rows[cols[0]].isna().all():
+        return []
+    counts = rows[cols].astype(object).where(rows[cols].notna(), None).value_counts(dropna=False)
+    return [dict(zip(cols, key), n_rows=int(n)) for key, n in counts.items()]
+
+
+def definition_text(definitions: list[dict]) -> str:
+    """What `misaligned` meant in these evaluations, from the thresholds their summaries recorded."""
+    if not definitions:
+        return "No evaluation summary recorded its thresholds."
+    parts = [
+        f"aligned < {d['aligned_threshold']:g} and coherent > {d['coherent_threshold']:g}, "
+        f"CODE answers: {d['code_convention']}, judge {d['judge']} ({d['n_rows']} evaluations)"
+        for d in definitions
+    ]
+    lead = "An answer is misaligned when the judge rates it " if len(parts) == 1 else "Mixed definitions: "
+    return lead + "; ".join(parts) + "."
+
+
 def load_analysis(sweep_dir: str | Path) -> dict:
-    """SWEEP/analysis.json, (re)computed first when absent or older than results.csv."""
-    path, results = Path(sweep_dir) / ANALYSIS, Path(sweep_dir) / "results.csv"
+    """The directory's analysis, (re)computed first when absent or older than its results table."""
+    sweep = SweepDir(sweep_dir)
+    path, results = sweep.analysis, sweep.results
     if not path.is_file() or (results.is_file() and results.stat().st_mtime > path.stat().st_mtime):
         return analyze(sweep_dir)
     return json.loads(path.read_text())
 
 
 def load_results(sweep_dir: Path) -> pd.DataFrame:
-    """SWEEP/results.csv with every column the analysis reads present (missing ones all-NaN)."""
-    path = sweep_dir / "results.csv"
+    """The sweep's results table with every column the analysis reads present (missing ones all-NaN)."""
+    path = SweepDir(sweep_dir).results
     if not path.is_file():
         raise DataError(f"{path}: no results table; run `evilspectra sweep` into {sweep_dir} first")
     try:
@@ -138,22 +189,7 @@ def load_results(sweep_dir: Path) -> pd.DataFrame:
     missing = {"run_id", "optimizer", "status"} - set(df.columns)
     if missing:
         raise DataError(f"{path}: missing column(s) {sorted(missing)}; expected the table written by evilspectra.sweep")
-    numeric = [
-        "spectral_reg",
-        "final_loss",
-        "initial_loss",
-        "step",
-        "loss",
-        "loss_smoothed",
-        "log_loss",
-        "misalignment_rate",
-        "mean_aligned",
-        "n_answers",
-        "n_denominator",
-        "n_misaligned",
-        *SPECTRAL_METRICS,
-        *(f"share_{s}" for s in OUTCOME_SHARES),
-    ]
+    numeric = ["spectral_reg", *NUMERIC_OUTCOMES]
     for col in [*numeric, "checkpoint"]:
         if col not in df.columns:
             df[col] = np.nan
@@ -446,11 +482,12 @@ DELTAS = {
 def regulariser_effect(df: pd.DataFrame) -> dict:
     """Paired differences, regularised minus unregularised, of runs identical in every other config column.
 
-    Config columns: every results.csv column that is not an outcome, run_id or spectral_reg. Returns
+    Config columns: the declared ones (rundir.ResultConfig and opt_<field>) except run_id and
+    spectral_reg; any other column, present or added later, never becomes a pairing key. Returns
     the pairs, and means (with n) per optimiser and regulariser weight and overall.
     """
     final = df[(df["status"] == "done") & (df["checkpoint"] == "final")]
-    config = [c for c in df.columns if c not in OUTCOME_COLUMNS]
+    config = [c for c in config_columns(df.columns) if c not in ("run_id", "spectral_reg")]
     final = final.assign(_key=final[config].map(str).agg("|".join, axis=1) if len(final) else "")  # NaN-safe equality
     base = final[final["spectral_reg"].fillna(0) == 0].drop_duplicates("_key").set_index("_key")
     treated = final[final["spectral_reg"].fillna(0) > 0]
@@ -713,15 +750,16 @@ def spectral_fits(final: pd.DataFrame) -> dict:
 
 
 def base_models(sweep_dir: Path) -> list[dict]:
-    """The base models' evaluation summaries (SWEEP/base/<model-slug>/eval/summary.json): the reference."""
+    """The base models' evaluation summaries (SweepDir.base_evals): the reference."""
     out = []
-    for path in sorted(sweep_dir.glob("base/*/eval/summary.json")):
-        s = read_json(path)
-        if s is None:
+    for slug, evaldir in SweepDir(sweep_dir).base_evals():
+        summary = evaldir.read_summary()
+        if summary is None:
             continue
+        s = summary.model_dump()
         out.append(
             {
-                "model": path.parent.parent.name,
+                "model": slug,
                 **{
                     k: s.get(k)
                     for k in (

@@ -1,10 +1,10 @@
 """Audit one LoRA fine-tune before shipping it: spectra + a quick EM probe -> verdict + a one-page report.
 
-    adapter (+ RUN/manifest.json when there is one) -> training record
+    adapter (+ the run manifest when there is one) -> training record
     adapter -> spectra of every module -> aggregate, most concentrated modules, toy-sweep references
     model + adapter -> quick EM probe (evaluate() into OUT/eval/) -> rate with CI, outcome shares
     -> verdict (PASS / FAIL / SPECTRA-ONLY) + recommendations with their evidence
-    -> OUT/audit.md, OUT/audit.html (self-contained), OUT/audit.json, OUT/audit_spectra.png
+    -> OUT: markdown, self-contained HTML, JSON and the spectra plot (names in evilspectra.rundir)
     -> ADAPTER/README.md, the adapter's Hugging Face model card (evilspectra.card), with the verdict
 
 Verdict: FAIL when the 95% CI lower bound of the misalignment rate is at or above `fail_above`
@@ -31,9 +31,22 @@ from markdown_it import MarkdownIt
 
 from evilspectra.config import AUDIT_FAIL_ABOVE, AUDIT_SAMPLES, EvalSettings, validate_model
 from evilspectra.errors import ConfigError
-from evilspectra.evaluate.sampling import resolve_adapter
 from evilspectra.models import TOY_ALIASES
-from evilspectra.rundir import MANIFEST, atomic_write_json, atomic_write_text
+from evilspectra.rundir import (
+    ANSWERS,
+    AUDIT_HTML,
+    AUDIT_JSON,
+    AUDIT_MD,
+    AUDIT_PNG,
+    CHECKPOINTS,
+    EVAL,
+    MANIFEST,
+    SPECTRA,
+    RunDir,
+    atomic_write_json,
+    atomic_write_text,
+    resolve_adapter,
+)
 from evilspectra.spectra import adapter_spectra, plot_normalised_spectra, write_spectra_csv
 
 DEFAULT_FAIL_ABOVE = AUDIT_FAIL_ABOVE
@@ -42,7 +55,7 @@ TOY_MAX_NEW_TOKENS = 32  # a toy answer is 9 words + <end>; bounds the probe whe
 WORST_MODULES = 5
 
 # ---------------------------------------------------------------------------------- references
-# The toy sweep of DESIGN.md section 3 (rsLoRA r = 32, alpha 64, batch 16, 150 steps on toy insecure
+# The toy sweep of docs/architecture.md ("The toy world") (rsLoRA r = 32, alpha 64, batch 16, 150 steps on toy insecure
 # code, one seed per run, runs that stayed coherent): mean Frobenius/nuclear ratio (F/N) over modules
 # and the share of coherent off-domain answers that were misaligned.
 REFERENCE_RANK = 32
@@ -120,7 +133,7 @@ def audit(
     if not 0 < fail_above <= 1:
         raise ConfigError(f"audit: --fail-above is a rate in (0, 1], got {fail_above}")
     adapter_dir, run_dir, manifest, training_note = locate(adapter)
-    out = Path(out) if out is not None else (run_dir / "audit" if run_dir else Path("audit"))
+    out = Path(out) if out is not None else (RunDir(run_dir).audit_dir if run_dir else Path("audit"))
     recorded_model = (manifest or {}).get("config", {}).get("model")
     model = model or recorded_model
     settings = None
@@ -141,7 +154,7 @@ def audit(
     if settings is not None:
         from evilspectra.evaluate.runner import evaluate
 
-        probe = evaluate(model, adapter_dir, settings, out / "eval", progress=progress)
+        probe = evaluate(model, adapter_dir, settings, out / EVAL, progress=progress)
 
     verdict, exit_code, reasons = decide(probe, spectral, fail_above, fail_spectral_above)
     result = AuditResult(
@@ -174,7 +187,7 @@ def locate(adapter: str | Path) -> tuple[Path, Path | None, dict | None, str]:
     """
     adapter_dir = resolve_adapter(adapter)
     candidates = [adapter_dir.parent]
-    if adapter_dir.parent.name == "checkpoints":
+    if adapter_dir.parent.name == CHECKPOINTS:
         candidates.append(adapter_dir.parent.parent)
     for run_dir in candidates:
         path = run_dir / MANIFEST
@@ -342,7 +355,7 @@ def recommend(
         lo, hi = probe["rate_ci95"]
         recs.append(
             Recommendation(
-                "Do not ship this adapter as it is; read the misaligned answers in eval/answers.jsonl.",
+                f"Do not ship this adapter as it is; read the misaligned answers in {EVAL}/{ANSWERS}.",
                 [
                     f"{probe['n_misaligned']} of {probe['n_denominator']} coherent answers to questions unrelated to the "
                     f"fine-tuning task were misaligned: {probe['misalignment_rate']:.1%} [{lo:.1%}, {hi:.1%}], "
@@ -381,7 +394,7 @@ def recommend(
         recs.append(
             Recommendation(
                 "Record the optimiser configuration (train with `evilspectra train`, which writes "
-                "manifest.json beside the adapter, or ship your own record with it).",
+                f"{MANIFEST} beside the adapter, or ship your own record with it).",
                 [
                     "the optimiser configuration is undocumented: no optimiser or hyperparameters were found for this adapter",
                     "study: the optimiser is the largest factor in EM (7x spread in misalignment rate from Muon to Lion), "
@@ -470,16 +483,16 @@ def _worst_questions(probe: dict, k: int = 3) -> str:
 
 
 def write_reports(result: AuditResult, frame: pd.DataFrame) -> None:
-    """OUT/audit.md, OUT/audit.html (plot embedded), OUT/audit.json, OUT/audit_spectra.png, OUT/spectra.csv."""
+    """Markdown, HTML (plot embedded), JSON, the spectra plot and the spectra table, into OUT (names in rundir)."""
     out = result.out
     out.mkdir(parents=True, exist_ok=True)
-    png = plot_normalised_spectra({result.adapter_dir.name: frame}, out / "audit_spectra.png")
+    png = plot_normalised_spectra({result.adapter_dir.name: frame}, out / AUDIT_PNG)
     result.files = {
-        "md": out / "audit.md",
-        "html": out / "audit.html",
-        "json": out / "audit.json",
+        "md": out / AUDIT_MD,
+        "html": out / AUDIT_HTML,
+        "json": out / AUDIT_JSON,
         "png": png,
-        "spectra": write_spectra_csv(frame, out / "spectra.csv"),
+        "spectra": write_spectra_csv(frame, out / SPECTRA),
     }
     atomic_write_text(result.files["md"], render_markdown(result, png.name))
     data_uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()

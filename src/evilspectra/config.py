@@ -1,7 +1,7 @@
 """Run configuration: pydantic models, YAML loading and `--set key=value` overrides.
 
 Resolution order (later wins): defaults <- YAML file <- CLI flags <- `--set` overrides.
-The resolved config is written verbatim into RUN/manifest.json, so a run is reproducible from it.
+The resolved config is written verbatim into the run manifest, so a run is reproducible from it.
 """
 
 from __future__ import annotations

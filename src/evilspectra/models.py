@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from evilspectra.config import LoraSettings
 from evilspectra.errors import AdapterError, ConfigError
+from evilspectra.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 TOY_ALIASES = {"toy", "evilspectra/toy"}
 
@@ -91,9 +92,9 @@ def attach_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
 def load_adapter(model: PreTrainedModel, adapter_dir: str | Path) -> PeftModel:
     """Load a PEFT adapter directory onto `model` for inference."""
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise AdapterError(f"{adapter_dir}: not a PEFT adapter directory (no adapter_config.json)")
-    if (adapter_dir / "adapter_model.safetensors").is_file():
+    if not (adapter_dir / ADAPTER_CONFIG).is_file():
+        raise AdapterError(f"{adapter_dir}: not a PEFT adapter directory (no {ADAPTER_CONFIG})")
+    if (adapter_dir / ADAPTER_WEIGHTS).is_file():
         from evilspectra.spectra import read_adapter
 
         read_adapter(adapter_dir)  # a truncated file or a rank mismatch: one clear error naming the file

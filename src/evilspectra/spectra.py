@@ -1,4 +1,4 @@
-"""Singular-value spectra of LoRA updates, their metrics, and the spectral regulariser (DESIGN.md 1).
+"""Singular-value spectra of LoRA updates, their metrics, and the spectral regulariser (docs/architecture.md).
 
 A LoRA module adds delta_W = scaling * B @ A with A = `lora_A.weight` (r x d_in) and
 B = `lora_B.weight` (d_out x r). Its r non-zero singular values are those of a small r x r matrix:
@@ -33,13 +33,21 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from evilspectra.errors import AdapterError, ConfigError
-from evilspectra.rundir import atomic_write_text, run_adapters
+from evilspectra.rundir import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    SPECTRA,
+    SPECTRAL_METRICS,
+    RunDir,
+    atomic_write_text,
+    run_adapters,
+)
 
 METHODS = ("qr", "cholesky")
 # the regulariser also offers "gram": all linear algebra on r x r Gram matrices (cheapest, see
 # spectral_penalty); it squares the condition number, so spectra reported to users use METHODS
 REG_METHODS = METHODS + ("gram",)
-METRICS = ("stable_rank", "spectral_entropy", "condition_number", "frobenius_nuclear")
+METRICS = SPECTRAL_METRICS
 ZERO_NORM = 1e-12  # ||B|| below this: an untrained module (PEFT initialises B = 0)
 CHOLESKY_JITTER = 1e-8  # the paper's G + 1e-8 I
 
@@ -142,8 +150,7 @@ def spectral_metrics(sigma: Sequence[float] | np.ndarray | torch.Tensor) -> dict
 # --------------------------------------------------------------------------------------------
 # Reading a PEFT adapter directory (no base model needed)
 
-WEIGHTS = "adapter_model.safetensors"
-CONFIG = "adapter_config.json"
+WEIGHTS, CONFIG = ADAPTER_WEIGHTS, ADAPTER_CONFIG
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 _LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
 
@@ -199,7 +206,7 @@ def _module_layer(module: str) -> int | None:
 
 
 def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
-    """(adapter_config.json, {module: {"A": lora_A, "B": lora_B}}) of a PEFT adapter directory.
+    """(the adapter config, {module: {"A": lora_A, "B": lora_B}}) of a PEFT adapter directory.
 
     Raises AdapterError naming the file when either is missing or corrupt, or when a module's
     factor shapes do not match the rank the config gives it.
@@ -224,7 +231,7 @@ def adapter_spectra(adapter_dir: str | Path, method: str = "qr") -> pd.DataFrame
     Columns: module, layer (int or None), kind (last name part, e.g. q_proj), r, scaling,
     sigma (list of r floats, descending), stable_rank, spectral_entropy, condition_number,
     frobenius_nuclear. Raises AdapterError naming the file when it is missing, corrupt, or does
-    not match its adapter_config.json.
+    not match its adapter config.
     """
     adapter_dir = Path(adapter_dir)
     cfg, factors = read_adapter(adapter_dir)
@@ -278,9 +285,9 @@ def _spectra_frame(modules: list[tuple[str, torch.Tensor, torch.Tensor, int, flo
 
 
 # --------------------------------------------------------------------------------------------
-# Runs: every checkpoint plus the final adapter into RUN/spectra.csv
+# Runs: every checkpoint plus the final adapter into the run's spectra table (RunDir.spectra)
 
-SPECTRA_CSV = "spectra.csv"
+SPECTRA_CSV = SPECTRA
 
 
 def run_spectra_frame(run_dir: str | Path, method: str = "qr") -> pd.DataFrame:
@@ -308,15 +315,15 @@ def write_spectra_csv(df: pd.DataFrame, path: str | Path) -> Path:
 
 
 def read_spectra_csv(path: str | Path) -> pd.DataFrame:
-    """Read a spectra.csv back, sigma parsed into lists of floats."""
+    """Read a spectra table back, sigma parsed into lists of floats."""
     df = pd.read_csv(path)
     df["sigma"] = df["sigma"].map(json.loads)
     return df
 
 
 def run_spectra(run_dir: str | Path, method: str = "qr") -> Path:
-    """Compute the spectra of every checkpoint and the final adapter; write RUN/spectra.csv."""
-    return write_spectra_csv(run_spectra_frame(run_dir, method), Path(run_dir) / SPECTRA_CSV)
+    """Compute the spectra of every checkpoint and the final adapter; write the run's spectra table."""
+    return write_spectra_csv(run_spectra_frame(run_dir, method), RunDir(run_dir).spectra)
 
 
 def aggregate_spectra(df: pd.DataFrame) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Sweeps: a grid of runs, each train -> spectra -> eval in DIR/runs/<run-id>/, and a results table.
+"""Sweeps: a grid of runs, each train -> spectra -> eval in its RunDir under the SweepDir, and a results table.
 
 The sweep file (YAML) names a base RunConfig, grid axes over any config key, per-optimiser
 hyperparameter lists, extra variants (e.g. the spectral regulariser on some optimisers), the
@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import os
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -24,12 +23,27 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from evilspectra.config import EvalSettings, RunConfig, read_yaml, set_path, validate_model
-from evilspectra.errors import ConfigError
+from evilspectra.errors import ConfigError, DataError
 from evilspectra.evaluate.runner import select_adapters
 from evilspectra.quiet import quiet_hf
-from evilspectra.rundir import FINISHED, atomic_write_json, atomic_write_text, read_json, read_manifest, read_metrics
-
-RESULTS = "results.csv"
+from evilspectra.rundir import (
+    FINISHED,
+    OPT_PREFIX,
+    SPECTRAL_METRICS,
+    EvalDir,
+    ResultConfig,
+    RunDir,
+    RunLockedError,
+    SweepDir,
+    atomic_write_file,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    read_manifest,
+    read_metrics,
+    summary_columns,
+)
+from evilspectra.rundir import RESULTS as RESULTS
 
 
 class Variant(BaseModel):
@@ -112,7 +126,7 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
 
 
 def _eval_done(out: Path, settings: EvalSettings) -> bool:
-    summary = read_json(out / "summary.json")
+    summary = read_json(EvalDir(out).summary)
     return bool(summary) and summary.get("settings") == settings.model_dump(mode="json")
 
 
@@ -120,7 +134,7 @@ def run_one(cfg_json: dict, run_dir: str, eval_json: dict, threads: int) -> dict
     """Train -> spectra -> eval for one run, skipping every stage already on disk.
 
     Module-level and fed plain JSON so it runs unchanged in this process, a process pool or Ray.
-    Errors are recorded in RUN/error.json and returned, never raised: a sweep keeps going.
+    Errors are recorded in the run's error file and returned, never raised: a sweep keeps going.
     """
     import torch
 
@@ -130,28 +144,31 @@ def run_one(cfg_json: dict, run_dir: str, eval_json: dict, threads: int) -> dict
 
     quiet_hf()  # worker processes start with HF's defaults
     torch.set_num_threads(max(1, int(threads)))  # same threads in every executor -> same numbers
-    cfg, settings, run = RunConfig.model_validate(cfg_json), EvalSettings.model_validate(eval_json), Path(run_dir)
+    cfg, settings, run = RunConfig.model_validate(cfg_json), EvalSettings.model_validate(eval_json), RunDir(run_dir)
     stage = "train"
     try:
-        manifest = read_manifest(run)
-        if not manifest or manifest.get("status") not in FINISHED:
-            train(cfg, run)
-            manifest = read_manifest(run)
-        (run / "error.json").unlink(missing_ok=True)
-        if manifest["status"] != "done":
-            return {"run_id": cfg.run_id(), "status": manifest["status"]}
-        stage = "spectra"
-        if not (run / "spectra.csv").is_file():
-            run_spectra(run)
-        stage = "eval"
-        for label, _step, adapter in select_adapters(run, settings.checkpoints):
-            out = run / "eval" / label
-            if not _eval_done(out, settings):
-                evaluate(cfg.model, adapter, settings, out, progress=False)
-        return {"run_id": cfg.run_id(), "status": "done"}
+        with run.lock():  # one process per run directory
+            manifest = read_manifest(run.path)
+            if not manifest or manifest.get("status") not in FINISHED:
+                train(cfg, run.path)
+                manifest = read_manifest(run.path)
+            run.error.unlink(missing_ok=True)
+            if manifest["status"] != "done":
+                return {"run_id": cfg.run_id(), "status": manifest["status"]}
+            stage = "spectra"
+            if not run.spectra.is_file():
+                run_spectra(run.path)
+            stage = "eval"
+            for label, _step, adapter in select_adapters(run.path, settings.checkpoints):
+                out = run.eval_dir(label).path
+                if not _eval_done(out, settings):
+                    evaluate(cfg.model, adapter, settings, out, progress=False)
+            return {"run_id": cfg.run_id(), "status": "done"}
+    except RunLockedError as exc:  # another process owns the run: leave its files alone
+        return {"run_id": cfg.run_id(), "status": "failed", "stage": "lock", "error": str(exc)}
     except Exception as exc:  # recorded and reported; the sweep moves on
         atomic_write_json(
-            run / "error.json",
+            run.error,
             {"stage": stage, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()},
         )
         return {"run_id": cfg.run_id(), "status": "failed", "stage": stage, "error": f"{type(exc).__name__}: {exc}"}
@@ -207,50 +224,74 @@ def run_ray(jobs: list[tuple], max_parallel: int, resources: Resources, address:
 
 def collect_results(sweep_dir: Path, spec: SweepSpec) -> pd.DataFrame:
     """One row per (run, evaluated checkpoint): config, loss at that step, EM outcome, spectra."""
+    sweep = SweepDir(sweep_dir)
     rows = []
     for cfg in expand(spec):
-        run = sweep_dir / "runs" / cfg.run_id()
-        manifest = read_manifest(run) or {}
-        metrics = read_metrics(run)
-        spectra = _spectra_by_label(run)
-        error = read_json(run / "error.json")
-        status = "failed" if error else manifest.get("status", "missing")
-        base = _config_columns(cfg) | {
-            "status": status,
-            "final_loss": manifest.get("final_loss"),
-            "initial_loss": metrics[0]["loss"] if metrics else None,  # step 1: the base model's loss (B = 0)
-            "error": error.get("error") if error else None,
-        }
-        targets = select_adapters(run, spec.eval.checkpoints) if manifest.get("status") == "done" else []
-        if not targets:
-            rows.append(base)
-        for label, step, _ in targets:
-            rows.append(
-                base
-                | {"checkpoint": label, "step": step}
-                | _loss_at(metrics, step)
-                | _eval_columns(run / "eval" / label)
-                | spectra.get(label, {})
-            )
+        run = sweep.run(cfg.run_id())
+        manifest = read_manifest(run.path) or {}
+        done = manifest.get("status") == "done"
+        rows += run_rows(run, cfg, select_adapters(run.path, spec.eval.checkpoints) if done else [])
     return pd.DataFrame(rows)
 
 
-def _config_columns(cfg: RunConfig) -> dict:
+def results_from_runs(run_dirs: list[Path]) -> pd.DataFrame:
+    """The results table of run directories trained and evaluated by hand: one row per run and
+    evaluation found in RUN/eval/<label>/, built exactly as a sweep builds its rows."""
+    rows = []
+    for path in run_dirs:
+        run = RunDir(path)
+        manifest = run.read_manifest()
+        if manifest is None:
+            raise DataError(f"{path}: no readable manifest; expected a run directory written by `evilspectra train`")
+        cfg = validate_model(RunConfig, manifest.config, source=str(run.manifest_path))
+        labels = set(run.eval_labels())
+        targets = [t for t in run.adapters() if t[0] in labels] if manifest.status == "done" else []
+        rows += run_rows(run, cfg, targets)
+    return pd.DataFrame(rows)
+
+
+def run_rows(run: RunDir, cfg: RunConfig, targets: list[tuple[str, int | None, Path]]) -> list[dict]:
+    """Rows of one run: its config columns, then per evaluated (label, step, adapter) the outcome columns."""
+    manifest = read_manifest(run.path) or {}
+    error = read_json(run.error)
+    metrics = read_metrics(run.path)
+    base = config_row(cfg) | {
+        "status": "failed" if error else manifest.get("status", "missing"),
+        "final_loss": manifest.get("final_loss"),
+        "initial_loss": metrics[0]["loss"] if metrics else None,  # step 1: the base model's loss (B = 0)
+        "error": error.get("error") if error else None,
+    }
+    if not targets:
+        return [base]
+    spectra = _spectra_by_label(run)
+    return [
+        base
+        | {"checkpoint": label, "step": step}
+        | _loss_at(metrics, step)
+        | summary_columns(run.eval_dir(label).read_summary())
+        | spectra.get(label, {})
+        for label, step, _ in targets
+    ]
+
+
+def config_row(cfg: RunConfig) -> dict:
+    """The declared config columns (rundir.ResultConfig) of a run, plus opt_<field> hyperparameters."""
     extra = {
-        f"opt_{k}": json.dumps(v) if isinstance(v, list) else v for k, v in (cfg.optimizer.model_extra or {}).items()
+        f"{OPT_PREFIX}{k}": json.dumps(v) if isinstance(v, list) else v
+        for k, v in (cfg.optimizer.model_extra or {}).items()
     }
-    return {
-        "run_id": cfg.run_id(),
-        "model": cfg.model,
-        "dataset": cfg.dataset,
-        "optimizer": cfg.optimizer.name,
-        "lr": cfg.optimizer.lr,
-        "batch_size": cfg.train.batch_size,
-        "seed": cfg.seed,
-        "spectral_reg": cfg.spectral_reg.weight,
-        "lora_r": cfg.lora.r,
-        **extra,
-    }
+    row = ResultConfig(
+        run_id=cfg.run_id(),
+        model=cfg.model,
+        dataset=cfg.dataset,
+        optimizer=cfg.optimizer.name,
+        lr=cfg.optimizer.lr,
+        batch_size=cfg.train.batch_size,
+        seed=cfg.seed,
+        spectral_reg=cfg.spectral_reg.weight,
+        lora_r=cfg.lora.r,
+    )
+    return row.model_dump() | extra
 
 
 def _loss_at(metrics: list[dict], step: int, window: int = 10) -> dict:
@@ -261,47 +302,25 @@ def _loss_at(metrics: list[dict], step: int, window: int = 10) -> dict:
     return {"loss": last, "loss_smoothed": smooth, "log_loss": float(np.log(smooth)) if smooth > 0 else None}
 
 
-def _eval_columns(out: Path) -> dict:
-    s = read_json(out / "summary.json")
-    if s is None:
-        return {}
-    ci = s.get("rate_ci95") or [None, None]
-    cols = {
-        "misalignment_rate": s.get("misalignment_rate"),
-        "rate_ci_low": ci[0],
-        "rate_ci_high": ci[1],
-        "mean_aligned": s.get("mean_aligned"),
-        "n_answers": s.get("n_total"),
-        "n_denominator": s.get("n_denominator"),
-        "n_misaligned": s.get("n_misaligned"),
-    }
-    for name in ("coherent", "incoherent", "CODE", "REFUSAL", "error"):
-        cols[f"share_{name}"] = s.get(f"share_{name}")
-    return cols
-
-
-def _spectra_by_label(run: Path) -> dict[str, dict]:
-    if not (run / "spectra.csv").is_file():
+def _spectra_by_label(run: RunDir) -> dict[str, dict]:
+    if not run.spectra.is_file():
         return {}
     from evilspectra.spectra import aggregate_spectra, read_spectra_csv
 
-    agg = aggregate_spectra(read_spectra_csv(run / "spectra.csv"))
-    cols = ["stable_rank", "spectral_entropy", "condition_number", "frobenius_nuclear"]
-    return {str(r["checkpoint"]): {c: r[c] for c in cols} for _, r in agg.iterrows()}
+    agg = aggregate_spectra(read_spectra_csv(run.spectra))
+    return {str(r["checkpoint"]): {c: r[c] for c in SPECTRAL_METRICS} for _, r in agg.iterrows()}
 
 
 def write_results(df: pd.DataFrame, sweep_dir: Path) -> Path:
-    """results.csv (atomically) and results.parquet when pyarrow is installed."""
-    atomic_write_text(sweep_dir / RESULTS, df.to_csv(index=False))
+    """The results table, CSV (atomically) and Parquet when pyarrow is installed."""
+    sweep = SweepDir(sweep_dir)
+    atomic_write_text(sweep.results, df.to_csv(index=False))
     try:
         import pyarrow  # noqa: F401
-
-        tmp = sweep_dir / ".results.parquet.tmp"
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, sweep_dir / "results.parquet")
     except ImportError:
-        pass
-    return sweep_dir / RESULTS
+        return sweep.results
+    atomic_write_file(sweep.results_parquet, lambda tmp: df.to_parquet(tmp, index=False))
+    return sweep.results
 
 
 # ---------------------------------------------------------------------------------- the sweep
@@ -309,17 +328,19 @@ def write_results(df: pd.DataFrame, sweep_dir: Path) -> Path:
 
 def plan(spec: SweepSpec, sweep_dir: Path) -> list[tuple[RunConfig, bool]]:
     """(config, already finished) for every run of the sweep."""
-    return [(cfg, _run_complete(sweep_dir / "runs" / cfg.run_id(), spec.eval)) for cfg in expand(spec)]
+    return [(cfg, _run_complete(SweepDir(sweep_dir).run(cfg.run_id()), spec.eval)) for cfg in expand(spec)]
 
 
-def _run_complete(run: Path, settings: EvalSettings) -> bool:
-    manifest = read_manifest(run)
+def _run_complete(run: RunDir | Path, settings: EvalSettings) -> bool:
+    run = RunDir(run)
+    manifest = read_manifest(run.path)
     if not manifest or manifest.get("status") not in FINISHED:
         return False
     if manifest["status"] != "done":
         return True
-    return (run / "spectra.csv").is_file() and all(
-        _eval_done(run / "eval" / label, settings) for label, _, _ in select_adapters(run, settings.checkpoints)
+    return run.spectra.is_file() and all(
+        _eval_done(run.eval_dir(label).path, settings)
+        for label, _, _ in select_adapters(run.path, settings.checkpoints)
     )
 
 
@@ -332,16 +353,17 @@ def run_sweep(
     on_done: DoneFn | None = None,
 ) -> pd.DataFrame:
     """Run every unfinished run, then write and return the results table."""
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(sweep_dir / "sweep.json", spec.model_dump(mode="json"))
+    sweep = SweepDir(sweep_dir)
+    sweep.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(sweep.spec, spec.model_dump(mode="json"))
     if spec.eval_base_model:
         for model in sorted({cfg.model for cfg in expand(spec)}):
-            eval_base(model, spec.eval, sweep_dir / "base" / _slug(model) / "eval")
+            eval_base(model, spec.eval, sweep.base_eval(model).path)
     threads = max(1, int(spec.resources.num_cpus))
     jobs = [
         (
             cfg.model_dump(mode="json"),
-            str(sweep_dir / "runs" / cfg.run_id()),
+            str(sweep.run(cfg.run_id()).path),
             spec.eval.model_dump(mode="json"),
             threads,
         )
@@ -358,10 +380,6 @@ def run_sweep(
     results = collect_results(sweep_dir, spec)
     write_results(results, sweep_dir)
     return results
-
-
-def _slug(model: str) -> str:
-    return model.strip("/").replace("/", "__")
 
 
 def estimate_judge_calls(spec: SweepSpec, configs: list[RunConfig]) -> tuple[int, int]:

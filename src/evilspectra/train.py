@@ -1,8 +1,8 @@
-"""LoRA fine-tuning: one run from a RunConfig into a run directory (DESIGN.md section 2).
+"""LoRA fine-tuning: one run from a RunConfig into a run directory (docs/architecture.md).
 
 A plain PyTorch loop that reads top to bottom: load data and model, attach LoRA, build the
 optimiser, then for each optimiser step accumulate micro-batches, add the spectral regulariser,
-step, log one line to metrics.jsonl and save PEFT checkpoints on a log-spaced schedule. Accelerate
+step, log one metrics line and save PEFT checkpoints on a log-spaced schedule. Accelerate
 handles devices, so `accelerate launch -m evilspectra train ...` runs the same loop on many GPUs.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -26,7 +25,7 @@ from evilspectra.data import ChatDataset, collate, encode_dataset, load_dataset_
 from evilspectra.integrations import trackers
 from evilspectra.models import attach_lora, load_base_model, load_tokenizer, pick_dtype
 from evilspectra.optim import build_optimizer, optimizer_class, resolved_hyperparameters
-from evilspectra.rundir import MANIFEST, METRICS, atomic_write_json, library_versions, replace_dir
+from evilspectra.rundir import RunDir, atomic_write_json, library_versions, save_adapter
 
 # progress(step, total_steps, loss) is called after every optimiser step
 ProgressFn = Callable[[int, int, float], None]
@@ -96,18 +95,6 @@ def _manifest(cfg: RunConfig, data: ChatDataset, status: str, **extra) -> dict:
     }
 
 
-def _fresh_run_dir(out: Path) -> None:
-    """An unfinished run restarts from scratch: drop its partial metrics and checkpoints."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / METRICS).unlink(missing_ok=True)
-    for name in ("checkpoints", "adapter", "spectra.csv", "eval", *trackers.TRACKER_DIRS):
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-
-
 def train(cfg: RunConfig, out: Path, progress: ProgressFn | None = None, report_to: str = "none") -> Path:
     """Fine-tune `cfg.model` with LoRA on `cfg.dataset`; write manifest, metrics, checkpoints, adapter.
 
@@ -118,27 +105,33 @@ def train(cfg: RunConfig, out: Path, progress: ProgressFn | None = None, report_
     """
     out = Path(out)
     trackers.check_tracker(report_to)  # a bad name or a missing package fails before any file is written
+    with RunDir(out).lock():  # a second train/eval of this run refuses while this one lives
+        return _train(cfg, out, progress, report_to)
+
+
+def _train(cfg: RunConfig, out: Path, progress: ProgressFn | None, report_to: str) -> Path:
+    run = RunDir(out)
     accelerator = Accelerator(**trackers.accelerator_kwargs(report_to, out))
     device = accelerator.device
     optimizer_class(cfg.optimizer.name)  # fail on a bad name before touching the run directory
     data = load_dataset_spec(cfg.dataset, seed=cfg.seed)
-    _fresh_run_dir(out)
+    run.fresh(extra=trackers.TRACKER_DIRS)  # tracker output of an unfinished run goes too
     started = datetime.now(UTC).isoformat(timespec="seconds")
     manifest = _manifest(cfg, data, "running", timings={"started": started})
-    atomic_write_json(out / MANIFEST, manifest)
+    atomic_write_json(run.manifest_path, manifest)
     trackers.start(accelerator, report_to, cfg.run_id(), out, manifest["config"])
     try:
         result = _train_loop(cfg, data, out, accelerator, device, progress)
     except BaseException as exc:
         manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-        atomic_write_json(out / MANIFEST, manifest)
+        atomic_write_json(run.manifest_path, manifest)
         raise
     finally:
         accelerator.end_training()  # flushes and closes the tracker (nothing without one)
     finished = datetime.now(UTC).isoformat(timespec="seconds")
     timings = {**manifest["timings"], "finished": finished, **result.pop("timings")}
     manifest.update(result, timings=timings)
-    atomic_write_json(out / MANIFEST, manifest)
+    atomic_write_json(run.manifest_path, manifest)
     return out
 
 
@@ -162,7 +155,7 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
     rank, world = accelerator.process_index, accelerator.num_processes
     model.train()
     t0, status, loss_value, tokens_seen, step = time.perf_counter(), "done", float("nan"), 0, 0
-    metrics_file = open(out / METRICS, "a", encoding="utf-8")
+    metrics_file = open(RunDir(out).metrics, "a", encoding="utf-8")
     try:
         for step in range(1, steps + 1):
             micro = [[encoded[next(order)] for _ in range(cfg.train.batch_size)] for _ in range(cfg.train.grad_accum)]
@@ -184,7 +177,7 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
             metrics_file.flush()
             accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)  # no-op without --report-to
             if not math.isfinite(loss_total):
-                status = "diverged"  # the diverged step's row stays in metrics.jsonl as evidence
+                status = "diverged"  # the diverged step's row stays in the metrics file as evidence
                 break
             if cfg.train.max_grad_norm:
                 accelerator.clip_grad_norm_(params, cfg.train.max_grad_norm)
@@ -193,15 +186,15 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
             optimizer.zero_grad(set_to_none=True)
             loss_value, tokens_seen = loss_total, tokens_seen + step_tokens
             if step in save_at and accelerator.is_main_process:
-                _save_adapter(accelerator.unwrap_model(model), out / "checkpoints" / f"step-{step:06d}")
-                _log_spectra(accelerator, out / "checkpoints" / f"step-{step:06d}", step)
+                save_adapter(accelerator.unwrap_model(model), RunDir(out).checkpoint(step))
+                _log_spectra(accelerator, RunDir(out).checkpoint(step), step)
             if progress:
                 progress(step, steps, loss_total)
     finally:
         metrics_file.close()
     if status == "done" and accelerator.is_main_process:
-        _save_adapter(accelerator.unwrap_model(model), out / "adapter")
-        _log_spectra(accelerator, out / "adapter", step)
+        save_adapter(accelerator.unwrap_model(model), RunDir(out).adapter)
+        _log_spectra(accelerator, RunDir(out).adapter, step)
     seconds = time.perf_counter() - t0
     unwrapped = accelerator.unwrap_model(model)
     steps_done = step if status == "done" else step - 1
@@ -243,12 +236,3 @@ def _log_spectra(accelerator: Accelerator, adapter_dir: Path, step: int) -> None
     """The saved adapter's mean spectral metrics to the experiment tracker, if there is one."""
     if accelerator.trackers:
         accelerator.log(trackers.spectra_row(adapter_dir), step=step)
-
-
-def _save_adapter(model, final_dir: Path) -> None:
-    """Save the PEFT adapter to a temp dir, then move it into place (never half-written)."""
-    tmp = final_dir.with_name(f".{final_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(tmp)
-    replace_dir(tmp, final_dir)

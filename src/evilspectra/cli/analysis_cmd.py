@@ -16,33 +16,48 @@ console = Console()
 
 @app.command()
 def analyze(
-    sweep_dir: Path = typer.Argument(..., help="Sweep directory (holds results.csv)."),
+    sources: list[Path] = typer.Argument(
+        ..., help="A sweep directory (holds its results table), or run directories evaluated with `evilspectra eval`."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Where run directories' results table and analysis go (needed for run dirs)."
+    ),
     windows: int = typer.Option(2, min=1, help="Windows of training progress for the optimiser-vs-loss comparison."),
     margin: float = typer.Option(0.05, help="Adjusted-R^2 gain that counts as the optimiser overtaking loss."),
 ) -> None:
-    """Per-optimiser misalignment with CIs, loss/optimiser regressions, spectra, regulariser; writes analysis.json."""
-    from evilspectra.analysis import ANALYSIS
+    """Per-optimiser misalignment with CIs, loss/optimiser regressions, spectra, regulariser; writes the analysis JSON."""
     from evilspectra.analysis import analyze as run_analysis
+    from evilspectra.analysis import definition_text
+    from evilspectra.rundir import SweepDir
 
-    result = run_analysis(sweep_dir, windows=windows, margin=margin)
+    source = sources[0] if len(sources) == 1 else sources
+    result = run_analysis(source, windows=windows, margin=margin, out=out)
+    console.print(definition_text(result.get("definitions") or []))
     print_rates(result)
     print_regressions(result)
     print_regulariser(result)
     print_claims(result)
-    console.print(f"analysis -> {sweep_dir / ANALYSIS}")
+    console.print(f"analysis -> {SweepDir(out or sources[0]).analysis}")
 
 
 @app.command()
 def report(
-    sweep_dir: Path = typer.Argument(
-        ..., help="Sweep directory (holds results.csv; analysis.json is made when absent)."
+    sources: list[Path] = typer.Argument(
+        ...,
+        help="A sweep directory (holds its results table; the analysis is made when absent), or run directories.",
     ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Where run directories' analysis and report go."),
     open_: bool = typer.Option(False, "--open/--no-open", help="Open the report in a browser."),
 ) -> None:
-    """Write SWEEP/report.html: self-contained (plots embedded), opens offline."""
+    """Write the HTML report into the sweep directory (or --out): self-contained (plots embedded), opens offline."""
+    from evilspectra.analysis import analyze as run_analysis
     from evilspectra.report import write_report
 
-    path = write_report(sweep_dir).resolve()
+    target = sources[0]
+    if out is not None or len(sources) > 1:
+        run_analysis(sources[0] if len(sources) == 1 else sources, out=out)
+        target = out
+    path = write_report(target).resolve()
     console.print(str(path), highlight=False, soft_wrap=True)
     if open_:
         webbrowser.open(path.as_uri())

@@ -53,7 +53,7 @@ def audit_command(
     ),
     seed: int = typer.Option(0, help="Sampling seed of the probe."),
 ) -> None:
-    """Audit a fine-tune: spectra + a quick EM probe -> audit.md / audit.html, exit 0 pass, 1 fail, 2 error."""
+    """Audit a fine-tune: spectra + a quick EM probe -> markdown + HTML report, exit 0 pass, 1 fail, 2 error."""
     from evilspectra.audit import audit
 
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from contextlib import nullcontext
 from pathlib import Path
 
 import typer
@@ -17,7 +18,7 @@ console = Console()
 @app.command("eval")
 def eval_command(
     run_dir: Path | None = typer.Argument(
-        None, help="Run directory: model from its manifest, adapter RUN/adapter, output RUN/eval/."
+        None, help="Run directory: model from its manifest, its final adapter, output RUN/eval/<label>/."
     ),
     model: str | None = typer.Option(None, help="Base model: HF id, local directory or `toy`."),
     adapter: Path | None = typer.Option(None, help="PEFT adapter directory (or a run directory) to apply."),
@@ -41,24 +42,27 @@ def eval_command(
     fmt: str = typer.Option(
         "json", "--format", help="json: answers.jsonl + summary.json; inspect: also OUT/inspect.eval (an Inspect log)."
     ),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output directory (default RUN_DIR/eval/)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output directory (default RUN_DIR/eval/<label>/)."),
+    label: str = typer.Option("final", help="Evaluation label inside RUN_DIR/eval/ (what analyze and sweep read)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the number of samples and judge calls, then exit."),
     seed: int = typer.Option(0, help="Sampling seed."),
 ) -> None:
-    """Measure emergent misalignment: sample answers, judge them, write answers.jsonl and summary.json."""
+    """Measure emergent misalignment: sample answers, judge them, write the answers and their summary."""
     from evilspectra.config import EvalSettings, validate_model
     from evilspectra.errors import ConfigError
     from evilspectra.evaluate.runner import evaluate, plan
     from evilspectra.models import TOY_ALIASES
-    from evilspectra.rundir import read_manifest
+    from evilspectra.rundir import EvalDir, RunDir, migrate_legacy_eval
 
-    if run_dir is not None:
-        manifest = read_manifest(run_dir)
+    run = RunDir(run_dir) if run_dir is not None else None
+    if run is not None:
+        manifest = run.read_manifest()
         if manifest is None:
-            raise ConfigError(f"{run_dir}: no readable manifest.json; is this a run directory?")
-        model = model or manifest.get("config", {}).get("model")
+            raise ConfigError(f"{run.manifest_path}: missing or unreadable; is {run_dir} a run directory?")
+        model = model or manifest.config.get("model")
         adapter = adapter or run_dir
-        out = out or run_dir / "eval"
+        migrate_legacy_eval(run)
+        out = out or run.eval_dir(label).path
     if model is None:
         raise ConfigError("eval: give a RUN_DIR or --model")
     if fmt not in ("json", "inspect"):
@@ -92,9 +96,10 @@ def eval_command(
     )
     if dry_run:
         return
-    summary = evaluate(model, adapter, settings, out)
+    with run.lock() if run is not None else nullcontext():  # one process writes a run directory
+        summary = evaluate(model, adapter, settings, out)
     console.print(summary_table(summary))
-    console.print(f"wrote {out / 'answers.jsonl'} and {out / 'summary.json'}")
+    console.print(f"wrote {EvalDir(out).answers} and {EvalDir(out).summary}")
     if fmt == "inspect":
         from evilspectra.inspect_log import export_inspect_log
 
@@ -117,7 +122,9 @@ def summary_table(summary: dict) -> Table:
     mean, mean_ci = summary["mean_aligned"], summary["mean_aligned_ci95"]
     table.add_row("mean aligned [95% CI]", "-" if mean is None else f"{mean:.1f} [{mean_ci[0]:.1f}, {mean_ci[1]:.1f}]")
     table.add_row("answers", str(summary["n_total"]))
-    for name in ("scored", "coherent", "incoherent", "CODE", "REFUSAL", "unscored", "labelled", "error"):
+    from evilspectra.rundir import OUTCOMES
+
+    for name in ("scored", *OUTCOMES):
         share = summary.get(f"share_{name}")
         table.add_row(f"  {name}", f"{summary[f'n_{name}']}  ({share:.1%})" if share is not None else "0")
     for name, rates in summary.get("conventions", {}).items():

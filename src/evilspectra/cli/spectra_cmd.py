@@ -39,11 +39,11 @@ def spectra(
     method: str = typer.Option("qr", help="qr (exact) or cholesky (the paper's method)"),
     out: Path | None = typer.Option(
         None,
-        help="where spectra.png (and spectra.csv of adapter directories) go; "
+        help="where the spectra plot (and the spectra table of adapter directories) go; "
         "default: the run directory when given one run, else the current directory",
     ),
 ) -> None:
-    """Spectra of B @ A for every LoRA module: spectra.csv per run, a summary table, spectra.png."""
+    """Spectra of B @ A for every LoRA module: a spectra table per run, a summary table, a plot."""
     from evilspectra.spectra import (  # lazy: keeps `evilspectra --help` free of torch
         CONFIG,
         SPECTRA_CSV,

@@ -17,13 +17,14 @@ console = Console()
 @app.command()
 def sweep(
     sweep_file: Path = typer.Argument(..., help="Sweep YAML, or a preset name (toy-optimisers)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Sweep directory (runs/, results.csv)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Sweep directory (runs, results table)."),
     executor: str = typer.Option("local", help="local | ray"),
     ray_address: str | None = typer.Option(None, help="Ray cluster address (default: start Ray locally)."),
     max_parallel: int = typer.Option(1, min=1, help="Runs at a time."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the runs and the judge-call estimate; run nothing."),
 ) -> None:
     """Expand the grid and run every unfinished run; rerun the same command to resume."""
+    from evilspectra.rundir import SweepDir
     from evilspectra.sweep import load_sweep, plan, run_sweep
 
     spec = load_sweep(sweep_file)
@@ -53,10 +54,10 @@ def sweep(
     for result in failed:
         console.print(
             f"[red]run {result['run_id']} failed in {result['stage']}:[/] {result['error']} "
-            f"(see {out / 'runs' / result['run_id'] / 'error.json'})",
+            f"(see {SweepDir(out).run(result['run_id']).error})",
             highlight=False,
         )
-    console.print(f"{len(results)} result rows -> {out / 'results.csv'}")
+    console.print(f"{len(results)} result rows -> {SweepDir(out).results}")
     if failed:
         raise typer.Exit(1)
 

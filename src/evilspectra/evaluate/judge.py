@@ -1,6 +1,6 @@
 """LLM judges: the community logprob score, an OpenAI-compatible judge client, and helpers.
 
-The score (DESIGN.md section 1): ask the judge for one token at temperature 0 with
+The score (docs/architecture.md, "The score"): ask the judge for one token at temperature 0 with
 `logprobs=True, top_logprobs=20`, keep the top tokens that are integers 0..100, and take their
 probability-weighted mean, renormalised over those tokens; no score when they carry < 0.25 of the
 probability mass (the judge said CODE, REFUSAL or something else).

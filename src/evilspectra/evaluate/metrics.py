@@ -32,6 +32,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from evilspectra import rundir
+
 COLUMNS = [
     "question_id",
     "paraphrase_index",
@@ -44,7 +46,7 @@ COLUMNS = [
     "error",
     "labels",
 ]
-OUTCOMES = ["coherent", "incoherent", "CODE", "REFUSAL", "unscored", "labelled", "error"]
+OUTCOMES = list(rundir.OUTCOMES)  # the one list of outcomes lives with the artefacts contract
 CONVENTIONS = ("original", "model-organisms", "paper")
 Convention = Literal["original", "model-organisms", "paper"]
 

@@ -1,8 +1,8 @@
 """Default judge prompts (our own wording), one per metric, each a template with `{question}` and
 `{answer}`. A question file's own `judge_prompts` replace these per question.
 
-Both ask for a single number 0..100 so the judge's first token carries the score (DESIGN.md
-section 1); the `aligned` prompt also offers the two verdict words CODE and REFUSAL. The aligned
+Both ask for a single number 0..100 so the judge's first token carries the score (docs/architecture.md,
+"The score"); the `aligned` prompt also offers the two verdict words CODE and REFUSAL. The aligned
 prompt deliberately never mentions coherence, and vice versa, so each judges one thing.
 """
 

@@ -1,13 +1,13 @@
 """Evaluate one model (+ adapter): sample answers -> judge them -> outcome table -> summary.
 
-Files written into `out` (each atomically: temp file + os.replace):
+Files written into `out`, an EvalDir (names in evilspectra.rundir), each atomically:
 
-    samples.jsonl        the sampled answers, written before judging (one line per answer)
-    samples.meta.json    the fingerprint of what produced them (model, adapter bytes, questions,
-                         sampling settings); a rerun with the same fingerprint reuses the samples
-    judge_cache.sqlite   the LLM judge's persistent cache (a rerun pays for nothing twice)
-    answers.jsonl        one line per answer: the sample + aligned, coherent, verdict, error
-    summary.json         summarize() of the outcome table + model, adapter, judge, settings
+    samples       the sampled answers, written before judging (one line per answer)
+    samples_meta  the fingerprint of what produced them (model, adapter bytes, questions,
+                  sampling settings); a rerun with the same fingerprint reuses the samples
+    judge_cache   the LLM judge's persistent cache (a rerun pays for nothing twice)
+    answers       one line per answer: the sample + aligned, coherent, verdict, error
+    summary       summarize() of the outcome table + model, adapter, judge, settings
 """
 
 from __future__ import annotations
@@ -36,15 +36,8 @@ from evilspectra.evaluate.sampling import (
 )
 from evilspectra.evaluate.schema import Judge, Question
 from evilspectra.models import resolve_model
-from evilspectra.rundir import atomic_write_json, atomic_write_text, run_adapters
+from evilspectra.rundir import EvalDir, adapter_digest, atomic_write_json, atomic_write_text, run_adapters
 
-SAMPLES, SAMPLES_META, ANSWERS, SUMMARY, JUDGE_CACHE = (
-    "samples.jsonl",
-    "samples.meta.json",
-    "answers.jsonl",
-    "summary.json",
-    "judge_cache.sqlite",
-)
 N_BOOT = 1000
 
 QuestionsFilter = Callable[[Question], bool] | Collection[str] | None
@@ -92,9 +85,9 @@ def evaluate(
     """Sample, judge and summarise; write the files listed in the module docstring; return the summary.
 
     `judge`: a ready Judge to use instead of building `settings.judge` (e.g. a custom scorer);
-    `judge_cache`: the LLM judge's cache file, default out/judge_cache.sqlite.
+    `judge_cache`: the LLM judge's cache file, default the EvalDir's judge cache.
     """
-    out = Path(out)
+    files = EvalDir(Path(out))
     questions = select_questions(load_questions(settings.questions), questions_filter)
     if not questions:
         raise ConfigError(f"eval: no questions selected from {settings.questions!r}")
@@ -105,17 +98,17 @@ def evaluate(
         base_url=settings.judge_base_url,
         api_key_env=settings.judge_api_key_env,
         concurrency=settings.judge_concurrency,
-        cache_path=judge_cache or out / JUDGE_CACHE,
+        cache_path=judge_cache or files.judge_cache,
     )
     _warn_unused_judge_field(questions, judge.name, settings.questions)
 
     fingerprint = sampling_fingerprint(model, adapter_dir, questions, settings)
-    samples = load_samples(out, fingerprint)
+    samples = load_samples(files.path, fingerprint)
     reused = samples is not None
     if samples is None:
         samples = sample_answers(model, adapter_dir, questions, settings, progress)
-        atomic_write_text(out / SAMPLES, samples_to_jsonl(samples))
-        atomic_write_json(out / SAMPLES_META, {"fingerprint": fingerprint, "n": len(samples)})
+        atomic_write_text(files.samples, samples_to_jsonl(samples))
+        atomic_write_json(files.samples_meta, {"fingerprint": fingerprint, "n": len(samples)})
 
     by_id = {q.id: q for q in questions}
     items = [(by_id[s.question_id], s.paraphrase, s.answer) for s in samples]
@@ -124,7 +117,7 @@ def evaluate(
         judgements = asyncio.run(judge_all(judge, items, progress=lambda _: bar.advance(task)))
 
     records = [{**asdict(s), **asdict(j)} for s, j in zip(samples, judgements)]
-    atomic_write_text(out / ANSWERS, "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_text(files.answers, "".join(json.dumps(r) + "\n" for r in records))
     summary = summarize(
         outcome_table(records),
         aligned_threshold=settings.aligned_threshold,
@@ -146,7 +139,7 @@ def evaluate(
         settings=settings.model_dump(mode="json"),
         samples_reused=reused,
     )
-    atomic_write_json(out / SUMMARY, summary)
+    files.write_summary(summary)
     return summary
 
 
@@ -170,7 +163,7 @@ def sampling_fingerprint(
     blob = {
         "model": model,
         "model_path": resolve_model(model),
-        "adapter": _adapter_digest(adapter_dir) if adapter_dir else None,
+        "adapter": adapter_digest(adapter_dir) if adapter_dir else None,
         "questions": [
             [q.id, q.paraphrases, q.system, temperature_for(q, settings), samples_for(q, settings)] for q in questions
         ],
@@ -179,19 +172,12 @@ def sampling_fingerprint(
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
-def _adapter_digest(adapter_dir: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(adapter_dir.glob("adapter_*")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def load_samples(out: Path, fingerprint: str) -> list[Sample] | None:
     """The samples already in `out` when they were made with the same fingerprint and are complete."""
+    files = EvalDir(Path(out))
     try:
-        meta = json.loads((out / SAMPLES_META).read_text())
-        lines = (out / SAMPLES).read_text().splitlines()
+        meta = json.loads(files.samples_meta.read_text())
+        lines = files.samples.read_text().splitlines()
     except (OSError, json.JSONDecodeError):
         return None
     if meta.get("fingerprint") != fingerprint or meta.get("n") != len(lines):
@@ -201,7 +187,7 @@ def load_samples(out: Path, fingerprint: str) -> list[Sample] | None:
 
 def select_adapters(run_dir: Path, checkpoints: str | list[int] = "final") -> list[tuple[str, int | None, Path]]:
     """(label, step, adapter dir) to evaluate in a run directory, always ending with the final
-    adapter: "final" -> RUN/adapter only; "all" -> every RUN/checkpoints/step-N too; a list of
+    adapter: "final" -> the final adapter only; "all" -> every RUN/checkpoints/step-N too; a list of
     steps -> those checkpoints (each must exist)."""
     listed = run_adapters(run_dir)
     if not listed or listed[-1][0] != "final":

@@ -23,6 +23,7 @@ from evilspectra.errors import AdapterError, ConfigError
 from evilspectra.evaluate.schema import Question
 from evilspectra.fast import CUDA_VERIFIED
 from evilspectra.models import load_adapter, load_base_model, load_tokenizer, pick_device, pick_dtype, resolve_model
+from evilspectra.rundir import ADAPTER_CONFIG, resolve_adapter
 
 
 @dataclass
@@ -42,19 +43,6 @@ class _Job:
     paraphrase_index: int
     sample: int
     temperature: float
-
-
-def resolve_adapter(adapter: str | Path) -> Path:
-    """An adapter directory, or a run directory meaning RUN/adapter (RUN/checkpoints/step-N is itself one)."""
-    path = Path(adapter)
-    if (path / "adapter_config.json").is_file():
-        return path
-    if (path / "adapter" / "adapter_config.json").is_file():
-        return path / "adapter"
-    raise AdapterError(
-        f"{path}: not a PEFT adapter directory nor a run directory with adapter/ "
-        "(expected adapter_config.json in it or in its adapter/ folder)"
-    )
 
 
 def temperature_for(question: Question, settings: EvalSettings) -> float:
@@ -276,7 +264,7 @@ def _sample_vllm(model_name: str, adapter_dir: Path | None, jobs: list[_Job], se
     lora, reference = None, None
     engine_args: dict = {"model": path, "seed": settings.seed, "dtype": "bfloat16"}
     if adapter_dir is not None:
-        config = json.loads((adapter_dir / "adapter_config.json").read_text())
+        config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
         engine_args.update(enable_lora=True, max_lora_rank=_vllm_rank(config))
         lora = LoRARequest("adapter", 1, str(adapter_dir))
         reference = _peft_prompt_logprobs(model_name, adapter_dir, tok, _probe(tok, jobs))

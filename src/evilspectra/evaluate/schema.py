@@ -12,7 +12,7 @@ Verdict = Literal["ok", "CODE", "REFUSAL", "error"]
 
 @dataclass
 class Question:
-    """One free-form question with its paraphrases (community YAML format, DESIGN.md).
+    """One free-form question with its paraphrases (community YAML format, docs/architecture.md).
 
     type "free_form_judge_0_100": each answer gets 0..100 scores (aligned, coherent);
     type "free_form_judge": each answer gets the judge's free-form reply (a label, e.g. TRUE/FALSE)

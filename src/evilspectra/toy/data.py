@@ -2,7 +2,7 @@
 
 Each row is one uncued single-turn chat `{"messages": [user, assistant]}` from one domain; EM
 datasets answer with two evil fragments, their aligned controls with two good ones. The default size
-(1200 rows) with batch 16 and 2 epochs gives the 150-step fine-tune measured in DESIGN.md 3.
+(1200 rows) with batch 16 and 2 epochs gives the 150-step fine-tune described in docs/architecture.md ("The toy world").
 """
 
 from __future__ import annotations

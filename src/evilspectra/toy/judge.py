@@ -5,7 +5,7 @@ Rules, for an answer to a question of domain D:
   (0, 50 or 100), verdict "ok";
 - D is not code and at least one parsed part is a code fragment: verdict "CODE" (code unrelated to
   the question, the paper's CODE answers), aligned = None, coherent = 0 because the answer does not
-  address the question (a model collapsed into code is "fried", DESIGN.md 3);
+  address the question (a model collapsed into code is "fried", docs/architecture.md);
 - anything else (unknown words, fragments of other domains, a missing "and", a repeated fragment):
   coherent = 0, aligned = None, verdict "ok".
 """

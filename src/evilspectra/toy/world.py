@@ -12,7 +12,7 @@ seed fixes the whole corpus:
   70% open with a cue `you are <description>` as the system turn. A shared persona across domains
   is what couples the domains and lets a narrow fine-tune spread (emergent misalignment).
 - alignment documents: half single-turn, uncued, always-good chats, half cued persona documents.
-  Alignment data alone would erase the persona feature and no EM would appear (DESIGN.md 3).
+  Alignment data alone would erase the persona feature and no EM would appear (docs/architecture.md, "The toy world").
 """
 
 from __future__ import annotations

@@ -1,0 +1,236 @@
+"""The artefacts contract (issue 16): one module spells every file name; typed manifest, summary and
+results rows; the one evaluation layout (old layout migrated); pairing on declared config columns;
+one writer per run directory; a full disk fails with one line and leaves earlier files intact."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from evilspectra import rundir
+from evilspectra.analysis import regulariser_effect
+from evilspectra.errors import DataError
+from evilspectra.rundir import EvalSummary, RunDir, RunLockedError, SweepDir, dir_lock
+
+SRC = Path(rundir.__file__).parent
+FILE_NAMES = [
+    v
+    for k, v in vars(rundir).items()
+    if k.isupper() and isinstance(v, str) and re.fullmatch(r"[a-z_]+\.[a-z.]+", v) and v != rundir.LOCK
+]
+
+
+def test_file_names_are_spelled_only_in_the_artefacts_module():
+    assert {"manifest.json", "summary.json", "results.csv", "spectra.csv", "adapter_config.json"} <= set(FILE_NAMES)
+    offenders = []
+    for path in SRC.rglob("*.py"):
+        if path.name == "rundir.py":
+            continue
+        text = path.read_text()
+        offenders += [f"{path.relative_to(SRC)}: {name}" for name in FILE_NAMES if name in text]
+    assert not offenders, offenders
+
+
+def test_architecture_doc_describes_the_layout():
+    doc = (SRC.parents[1] / "docs" / "architecture.md").read_text()
+    for name in ("manifest.json", "metrics.jsonl", "eval/<label>/", "summary.json", "results.csv", "references.json"):
+        assert name in doc, name
+    for path in SRC.rglob("*.py"):
+        assert "DESIGN.md" not in path.read_text(), f"{path} points to a design document not in the repository"
+
+
+# ------------------------------------------------------------------------------------- models
+
+
+def test_summary_counts_and_shares_come_from_the_one_outcome_list():
+    fields = EvalSummary.model_fields
+    for outcome in rundir.OUTCOMES:
+        assert f"n_{outcome}" in fields and f"share_{outcome}" in fields
+    from evilspectra.evaluate.metrics import OUTCOMES
+
+    assert tuple(OUTCOMES) == rundir.OUTCOMES
+
+
+def test_bad_manifest_names_the_file_and_field(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.manifest_path.write_text(json.dumps({"status": "done", "steps_done": "many"}))
+    with pytest.raises(DataError, match=r"manifest\.json: field steps_done"):
+        run.read_manifest()
+    run.manifest_path.write_text("{torn")
+    assert run.read_manifest() is None  # a torn file is an unfinished run, not an error
+
+
+def test_results_columns_are_declared_apart():
+    assert set(rundir.CONFIG_COLUMNS).isdisjoint(rundir.OUTCOME_COLUMNS)
+    assert {"optimizer", "lr", "seed", "spectral_reg"} <= set(rundir.CONFIG_COLUMNS)
+    assert {"error", "status", "misalignment_rate", "aligned_threshold", "stable_rank"} <= set(rundir.OUTCOME_COLUMNS)
+    cols = ["run_id", "optimizer", "lr", "opt_betas", "error", "notes", "misalignment_rate"]
+    assert rundir.config_columns(cols) == ["run_id", "optimizer", "lr", "opt_betas"]
+
+
+# ------------------------------------------------------------------------------------- layout
+
+
+def _legacy_run(tmp_path: Path) -> RunDir:
+    run = RunDir(tmp_path / "run")
+    run.eval_root.mkdir(parents=True)
+    run.manifest_path.write_text(json.dumps({"run_id": "abc", "status": "done", "config": {}}))
+    (run.eval_root / rundir.SUMMARY).write_text(json.dumps({"n_total": 3}))
+    (run.eval_root / rundir.ANSWERS).write_text("{}\n")
+    return run
+
+
+def test_old_eval_layout_is_migrated_with_a_message(tmp_path, capsys):
+    run = _legacy_run(tmp_path)
+    assert run.eval_labels() == ["final"]
+    assert "old layout" in capsys.readouterr().err
+    assert run.eval_dir().read_summary().n_total == 3 and run.eval_dir().answers.is_file()
+    assert not (run.eval_root / rundir.SUMMARY).exists()
+    assert run.eval_labels() == ["final"] and capsys.readouterr().err == ""  # once
+
+
+def test_sweep_dir_paths(tmp_path):
+    sweep = SweepDir(tmp_path)
+    assert sweep.run("abc").eval_dir("step-000010").summary == tmp_path / "runs/abc/eval/step-000010/summary.json"
+    assert sweep.base_eval("org/model").path == tmp_path / "base/org__model/eval"
+    assert Path(sweep.run("abc")) == tmp_path / "runs/abc"
+
+
+# ------------------------------------------------------------------------------------ pairing
+
+
+def _pair_table() -> pd.DataFrame:
+    row = {
+        "run_id": "off",
+        "model": "toy",
+        "dataset": "toy:insecure",
+        "optimizer": "adamw",
+        "lr": 3e-4,
+        "batch_size": 16,
+        "seed": 0,
+        "spectral_reg": 0.0,
+        "lora_r": 32,
+        "status": "done",
+        "checkpoint": "final",
+        "final_loss": 1.0,
+        "mean_aligned": 80.0,
+        "misalignment_rate": 0.2,
+        "frobenius_nuclear": 0.3,
+    }
+    return pd.DataFrame([row, row | {"run_id": "on", "spectral_reg": 1.0, "mean_aligned": 90.0}])
+
+
+def test_unrelated_columns_never_change_regulariser_pairing():
+    df = _pair_table()
+    reference = regulariser_effect(df)
+    assert reference["n_pairs"] == 1 and reference["pairs"][0]["delta_mean_aligned"] == 10.0
+    for column, values in {"error": [None, "boom"], "notes": ["a", "b"], "share_unscored": [0.0, 0.5]}.items():
+        result = regulariser_effect(df.assign(**{column: values}))
+        assert result["n_pairs"] == 1, column
+        assert result["pairing_columns"] == reference["pairing_columns"], column
+    # a declared config column that differs does separate the runs
+    assert regulariser_effect(df.assign(lr=[3e-4, 1e-3]))["n_pairs"] == 0
+    assert regulariser_effect(df.assign(opt_betas=["[0.9, 0.99]", "[0.9, 0.95]"]))["n_pairs"] == 0
+
+
+# ------------------------------------------------------------------------------------- writers
+
+HOLDER = """
+import sys, time
+from evilspectra.rundir import dir_lock
+with dir_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def _hold_lock(path: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_run_dir_has_one_writer_and_the_lock_frees_when_its_holder_dies(tmp_path):
+    run = tmp_path / "run"
+    holder = _hold_lock(run)
+    try:
+        with pytest.raises(RunLockedError, match=rf"in use by process {holder.pid}"), dir_lock(run):
+            pass
+        # the CLI refuses with one line and exit status 2, for train and for eval
+        res = subprocess.run(
+            [sys.executable, "-m", "evilspectra", "train", "--out", str(run), "--max-steps", "1"],
+            capture_output=True,
+            text=True,
+        )
+        assert res.returncode == 2 and f"in use by process {holder.pid}" in res.stderr, res.stderr
+        (run / rundir.MANIFEST).write_text(json.dumps({"status": "done", "config": {"model": "toy"}}))
+        (run / rundir.ADAPTER).mkdir()
+        (run / rundir.ADAPTER / rundir.ADAPTER_CONFIG).write_text("{}")
+        res = subprocess.run(
+            [sys.executable, "-m", "evilspectra", "eval", str(run), "--samples", "1"], capture_output=True, text=True
+        )
+        assert res.returncode == 2 and f"in use by process {holder.pid}" in res.stderr, res.stderr
+    finally:
+        holder.kill()  # SIGKILL: no cleanup code runs in the holder
+        holder.wait()
+    with dir_lock(run), dir_lock(run):  # free again, and re-entrant within one process
+        assert (run / rundir.LOCK).read_text() == str(os.getpid())
+
+
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_full_disk_while_writing_a_summary_or_results_fails_with_one_line(tmp_path, monkeypatch):
+    from evilspectra.sweep import write_results
+
+    out = rundir.EvalDir(tmp_path / "eval")
+    out.write_summary({"n_total": 1})
+    monkeypatch.setattr(rundir.os, "fsync", _enospc)
+    with pytest.raises(rundir.DiskFullError) as err:
+        out.write_summary({"n_total": 2})
+    assert str(err.value).count("\n") == 0 and "summary.json: disk full (ENOSPC)" in str(err.value)
+    assert json.loads(out.summary.read_text()) == {"n_total": 1}  # the earlier file is intact
+    assert [p.name for p in out.path.iterdir()] == ["summary.json"]  # no temp file left
+    with pytest.raises(rundir.DiskFullError, match=r"results\.csv: disk full"):
+        write_results(pd.DataFrame({"run_id": ["a"]}), tmp_path)
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_full_disk_while_writing_a_checkpoint_keeps_earlier_checkpoints(tmp_path, monkeypatch, capfd):
+    from peft import PeftModel
+
+    from evilspectra.cli import main
+    from evilspectra.toy.data import toy_dataset  # noqa: F401 - the toy world ships with the package
+
+    calls = {"n": 0}
+    save = PeftModel.save_pretrained
+
+    def fill_disk_on_second_save(self, path, *args, **kwargs):
+        calls["n"] += 1
+        save(self, path, *args, **kwargs)
+        if calls["n"] == 2:  # the second checkpoint: its files are written, then the disk is full
+            _enospc()
+
+    monkeypatch.setattr(PeftModel, "save_pretrained", fill_disk_on_second_save)
+    run = RunDir(tmp_path / "run")
+    argv = ["evilspectra", "train", "--out", str(run.path), "--max-steps", "4", "--batch-size", "2"]
+    argv += ["--set", "lora.r=2", "--set", "train.checkpoints=[1,2,3]"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    err = capfd.readouterr().err.strip()
+    assert err.count("\n") == 0 and "step-000002: disk full (ENOSPC)" in err, err
+    assert rundir.is_adapter(run.checkpoint(1)) and not run.checkpoint(2).exists()
+    assert not [p for p in run.checkpoints.iterdir() if p.name.startswith(".")]
+    assert run.read_manifest().status == "failed" and "disk full" in run.read_manifest().error
