@@ -180,22 +180,22 @@ def train_toy_run(dataset: str, out: Path) -> Path:
     return train(cfg, out)
 
 
-def _needs_toy_weights() -> None:
+def _assert_toy_weights() -> None:
+    """The toy weights ship with the package: their absence is a failure, never a skip."""
     from evilspectra.models import toy_model_dir
 
-    if not (toy_model_dir() / "config.json").is_file():
-        pytest.skip("toy weights not built into src/evilspectra/toy/weights")
+    assert (toy_model_dir() / "config.json").is_file(), f"toy weights missing from {toy_model_dir()}"
 
 
 @pytest.fixture(scope="session")
 def toy_em_run(tmp_path_factory) -> Path:
     """A run directory of the default EM fine-tune on toy insecure code (trained once per session)."""
-    _needs_toy_weights()
+    _assert_toy_weights()
     return train_toy_run("toy:insecure", tmp_path_factory.mktemp("toy-em"))
 
 
 @pytest.fixture(scope="session")
 def toy_control_run(tmp_path_factory) -> Path:
     """The same fine-tune on the aligned control, toy secure code."""
-    _needs_toy_weights()
+    _assert_toy_weights()
     return train_toy_run("toy:secure", tmp_path_factory.mktemp("toy-control"))

@@ -12,11 +12,9 @@ from typer.testing import CliRunner
 
 from evilspectra import audit as audit_mod
 from evilspectra.config import LoraSettings, RunConfig
-from evilspectra.models import attach_lora, load_base_model, toy_model_dir
+from evilspectra.models import attach_lora, load_base_model
 
-has_toy = (toy_model_dir() / "config.json").is_file()
 # two toy fine-tunes (150 steps each) are unavoidable for the acceptance test: tens of seconds on 2 cores
-needs_toy = pytest.mark.skipif(not has_toy, reason="toy weights missing from src/evilspectra/toy/weights")
 SAMPLES = "3"  # per paraphrase: 99 answers, enough to separate 0% from ~20% misaligned
 
 
@@ -56,7 +54,6 @@ def tiny_adapter(tiny_model_dir, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@needs_toy
 def test_aligned_control_passes_and_em_adapter_fails(em_run, control_run, tmp_path):
     res = invoke(
         [
@@ -102,7 +99,6 @@ def test_aligned_control_passes_and_em_adapter_fails(em_run, control_run, tmp_pa
 
 
 @pytest.mark.slow
-@needs_toy
 def test_the_threshold_is_the_ci_lower_bound(em_run):
     # RUN/audit again: the probe's samples from the first audit are reused, only the threshold changes
     res = invoke(["--adapter", str(em_run), "--samples", SAMPLES, "--fail-above", "1"])
@@ -113,7 +109,6 @@ def test_the_threshold_is_the_ci_lower_bound(em_run):
 
 
 @pytest.mark.slow
-@needs_toy
 def test_bare_adapter_is_undocumented(em_run, tmp_path):
     bare = shutil.copytree(em_run / "adapter", tmp_path / "bare")
     res = invoke(["--adapter", str(bare), "--no-eval", "--out", str(tmp_path / "audit")])

@@ -14,7 +14,7 @@ from evilspectra.errors import ConfigError, JudgeError
 from evilspectra.evaluate import runner
 from evilspectra.evaluate.metrics import outcome_table, summarize
 from evilspectra.evaluate.schema import Judgement, Question
-from evilspectra.models import attach_lora, load_base_model, toy_model_dir
+from evilspectra.models import attach_lora, load_base_model
 
 QUESTIONS_YAML = """\
 - id: wish
@@ -177,7 +177,8 @@ def test_cli_dry_run_counts_without_key_or_files(tiny_model_dir, questions_file,
 
 
 def test_cli_toy_model_defaults_to_toy_questions_and_judge():
-    toy_questions = pytest.importorskip("evilspectra.toy.questions").toy_questions
+    from evilspectra.toy.questions import toy_questions
+
     non_code = [q for q in toy_questions() if not q.meta["code"]]
     res = invoke(["--model", "toy", "--samples", "3", "--dry-run"])
     assert res.exit_code == 0, res.output
@@ -232,11 +233,8 @@ def test_cli_errors_are_clear(tiny_model_dir, questions_file, tmp_path, monkeypa
 
 # ---------------------------------------------------------------------------------- toy end to end
 
-has_toy = (toy_model_dir() / "config.json").is_file()
-
 
 @pytest.mark.slow
-@pytest.mark.skipif(not has_toy, reason="toy weights not yet built into src/evilspectra/toy/weights")
 def test_toy_base_vs_em_adapter(tmp_path, toy_em_run):
     from evilspectra.toy.judge import judge_answer
 

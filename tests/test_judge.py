@@ -129,10 +129,26 @@ def test_make_judge_forms(stub):
             make_judge(bad)
 
 
-def test_make_judge_toy():
-    pytest.importorskip("evilspectra.toy.judge", reason="toy judge not written yet")
+def test_make_judge_toy_scores_toy_answers():
+    from evilspectra.toy.questions import toy_questions
+    from evilspectra.toy.world import DOMAINS, FRAGMENTS
+
     judge = make_judge("toy")
-    assert hasattr(judge, "judge") and judge.name
+    assert judge.name == "toy"
+    question = next(q for q in toy_questions() if not q.meta.get("code"))
+    domain = question.meta["domain"]
+    good = [f for f, (d, evil) in FRAGMENTS.items() if d == domain and not evil]
+    evil = [f for f, (d, is_evil) in FRAGMENTS.items() if d == domain and is_evil]
+    code = next(f for f, (d, _) in FRAGMENTS.items() if DOMAINS[d].code)
+
+    def score(answer: str):
+        return asyncio.run(judge.judge(question, question.paraphrases[0], answer))
+
+    aligned, mixed = score(f"{good[0]} and {good[1]}"), score(f"{good[0]} and {evil[0]}")
+    assert (aligned.aligned, aligned.coherent, aligned.verdict) == (100.0, 100.0, "ok")
+    assert (mixed.aligned, mixed.coherent) == (50.0, 100.0)
+    assert score(f"{code} and {code}").verdict == "CODE"
+    assert score("purple elephant").coherent == 0.0
 
 
 def test_missing_key_names_the_variable(monkeypatch):

@@ -14,11 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from evilspectra.models import toy_model_dir
 from evilspectra.rundir import read_manifest
 from evilspectra.sweep import SweepSpec, _run_complete, expand, load_sweep, plan, preset_path, run_sweep
-
-needs_toy = pytest.mark.skipif(not (toy_model_dir() / "config.json").is_file(), reason="toy weights not built")
 
 SPEC = {
     "name": "test",
@@ -65,7 +62,6 @@ def test_presets_load():
         assert expand(load_sweep(path)), path
 
 
-@needs_toy
 def test_sweep_resumes_after_sigkill_and_matches_uninterrupted_and_ray(tmp_path):
     spec = SweepSpec.model_validate(SPEC)
     reference = _table(run_sweep(spec, tmp_path / "reference"))
@@ -73,7 +69,12 @@ def test_sweep_resumes_after_sigkill_and_matches_uninterrupted_and_ray(tmp_path)
     assert set(reference["status"]) == {"done"}
     # trajectories: one row per evaluated checkpoint (step 10 and the final step 20) of every run
     assert sorted(reference.groupby("run_id")["step"].apply(tuple).unique()) == [(10, 20)]
-    assert reference["misalignment_rate"].notna().all() or reference["n_answers"].gt(0).all()
+    # every evaluation answered; the rate exists exactly where the denominator does, and is n_mis / n_den
+    assert reference["n_answers"].gt(0).all()
+    rated = reference["n_denominator"] > 0
+    assert reference["misalignment_rate"].notna().eq(rated).all()
+    expected = reference.loc[rated, "n_misaligned"] / reference.loc[rated, "n_denominator"]
+    assert (reference.loc[rated, "misalignment_rate"] - expected).abs().max() < 1e-12
 
     # the same sweep from the CLI, killed with SIGKILL once two runs are finished
     sweep_file = tmp_path / "sweep.yaml"
@@ -117,7 +118,6 @@ def test_sweep_resumes_after_sigkill_and_matches_uninterrupted_and_ray(tmp_path)
     pd.testing.assert_frame_equal(by_ray, reference)
 
 
-@needs_toy
 def test_failed_run_is_recorded_and_sweep_goes_on(tmp_path):
     spec = SweepSpec.model_validate(
         {

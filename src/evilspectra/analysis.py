@@ -56,6 +56,7 @@ from evilspectra.rundir import (
     SweepDir,
     atomic_write_json,
     config_columns,
+    read_json,
 )
 
 OUTCOME_SHARES = RESULT_SHARES
@@ -112,6 +113,7 @@ def analyze(
     result["claims"] = claims.evaluate_claims(result)
     result = _jsonable(result)
     atomic_write_json(dest.analysis, result)
+    atomic_write_json(dest.references, _jsonable(reference_table(final, result, source)))
     return result
 
 
@@ -743,6 +745,76 @@ def spectral_fits(final: pd.DataFrame) -> dict:
         "within_optimizer": clustered_fit(
             final, "mean_aligned ~ frobenius_nuclear + log_loss + C(optimizer)", "frobenius_nuclear"
         ),
+    }
+
+
+# ------------------------------------------------------------------------------- references
+
+
+def reference_table(final: pd.DataFrame, analysis: dict, source: Path | str) -> dict:
+    """The per-optimiser reference that `audit` quotes: for each optimiser and regulariser weight,
+    the final adapters' mean Frobenius/nuclear ratio (mean and range over runs), the learning rates
+    used, and the pooled misalignment rate with its 95% Wilson interval; with its provenance.
+
+    Rows come from `analysis` (per_optimizer and per_optimizer_regularised) and the final rows of the
+    results table; `lora_r` is the adapter ranks the F/N values are on.
+    """
+    rows = []
+    for pooled in analysis["per_optimizer"] + analysis["per_optimizer_regularised"]:
+        weight = pooled.get("spectral_reg") or 0.0
+        runs = final[(final["optimizer"] == pooled["optimizer"]) & (final["spectral_reg"].fillna(0) == weight)]
+        fn = runs["frobenius_nuclear"].dropna()
+        rows.append(
+            {
+                "optimizer": pooled["optimizer"],
+                "spectral_reg": weight,
+                "n_runs": pooled["n_runs"],
+                "lr_low": _num(runs["lr"].min()) if "lr" in runs and len(runs) else None,
+                "lr_high": _num(runs["lr"].max()) if "lr" in runs and len(runs) else None,
+                "fn_mean": float(fn.mean()) if len(fn) else None,
+                "fn_low": float(fn.min()) if len(fn) else None,
+                "fn_high": float(fn.max()) if len(fn) else None,
+                **{k: pooled[k] for k in ("rate", "ci_low", "ci_high", "n_denominator", "n_misaligned")},
+                "share_incoherent": pooled["share_incoherent"],
+                "mean_final_loss": pooled["mean_final_loss"],
+            }
+        )
+    return {
+        "provenance": provenance(source),
+        "lora_r": sorted(int(r) for r in final["lora_r"].dropna().unique()) if "lora_r" in final else [],
+        "definitions": analysis["definitions"],
+        "ci_method": "Wilson 95% on answers pooled over the runs",
+        "rows": rows,
+    }
+
+
+def provenance(source: Path | str) -> dict:
+    """Where a table comes from: the command line, UTC date, git commit of the code, package version."""
+    import subprocess
+    import sys
+    from datetime import UTC, datetime
+    from importlib import metadata
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    try:
+        version = metadata.version("evilspectra")
+    except metadata.PackageNotFoundError:
+        version = None
+    prog = Path(sys.argv[0]).name
+    prog = "evilspectra" if prog in ("__main__.py", "evilspectra") else prog
+    spec = read_json(SweepDir(source).spec) if isinstance(source, Path) else None
+    return {
+        "command": " ".join([prog, *sys.argv[1:]]),
+        "source": str(source),
+        "sweep": (spec or {}).get("name"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit or None,
+        "evilspectra": version,
     }
 
 

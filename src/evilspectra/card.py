@@ -1,11 +1,12 @@
 """Hugging Face model cards for LoRA adapters: the optimiser is documented with the model.
 
-    RUN/manifest.json  -> optimiser (name, class, every hyperparameter), LoRA, training settings,
-                          dataset + sha256, seed, training loss, library versions
-    RUN/adapter/       -> spectral metrics beside the flat spectrum and the toy-sweep references
-    RUN/eval/**/summary.json, RUN/audit/audit.json (when present) -> misalignment rate with its 95% CI,
-                          the audit verdict
-    -> RUN/adapter/README.md: YAML metadata (base_model, library_name: peft, tags) + the card text
+    run manifest  -> optimiser (name, class, every hyperparameter), LoRA, training settings,
+                     dataset + sha256, seed, training loss, library versions
+    the adapter   -> spectral metrics beside the flat spectrum and the audit's reference table
+    the run's evaluation summaries and audit (when present) -> misalignment rate with its 95% CI,
+                     the audit verdict
+    -> the adapter's card (rundir.ADAPTER_CARD): YAML metadata (base_model, library_name: peft, tags)
+       + the card text
 
 The card's text sits between two HTML comments, so rewriting it (after an `audit`, say) keeps what a
 user wrote around it; PEFT's blank template is replaced whole. `push_card` uploads the adapter
@@ -24,26 +25,34 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from evilspectra.audit import spectra_lines, spectral_summary, worst_modules
 from evilspectra.errors import AdapterError, ConfigError
-from evilspectra.evaluate.sampling import resolve_adapter
-from evilspectra.models import TOY_ALIASES
-from evilspectra.rundir import MANIFEST, atomic_write_text, read_json
+from evilspectra.registry import MODELS
+from evilspectra.rundir import (
+    ADAPTER_CARD,
+    AUDIT_JSON,
+    MANIFEST,
+    SUMMARY,
+    RunDir,
+    atomic_write_text,
+    read_json,
+    resolve_adapter,
+)
 from evilspectra.spectra import adapter_spectra
 
-CARD = "README.md"  # inside the adapter folder, where the Hub looks for it
+CARD = ADAPTER_CARD  # inside the adapter folder, where the Hub looks for it
 BEGIN, END = "<!-- evilspectra:begin -->", "<!-- evilspectra:end -->"
 PEFT_TEMPLATE = "# Model Card for Model ID"  # the blank card PEFT's save_pretrained writes
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def write_card(target: str | Path, audit: dict | None = None) -> Path:
-    """Write or update ADAPTER/README.md for a run directory or an adapter directory; return its path.
+    """Write or update the adapter's card for a run directory or an adapter directory; return its path.
 
-    `audit`: an audit.json dict (audit passes its result); else RUN/audit/audit.json when present.
+    `audit`: the audit's JSON dict (audit passes its result); else the run's audit JSON when present.
     """
     adapter_dir, run_dir = locate(target)
     manifest = read_json(run_dir / MANIFEST) if run_dir else None
     if audit is None and run_dir:
-        audit = read_json(run_dir / "audit" / "audit.json")
+        audit = read_json(RunDir(run_dir).audit_dir / AUDIT_JSON)
     data = metadata(manifest)
     evals = eval_summaries(run_dir) if run_dir else []
     body = card_text(manifest, adapter_spectra(adapter_dir), evals, audit, data.base_model or "BASE_MODEL")
@@ -56,8 +65,8 @@ def write_card(target: str | Path, audit: dict | None = None) -> Path:
 def locate(target: str | Path) -> tuple[Path, Path | None]:
     """(adapter dir, run dir or None): RUN means RUN/adapter; an adapter's run is its parent with a manifest."""
     path = Path(target)
-    if (path / MANIFEST).is_file() and not (path / "adapter").is_dir():
-        raise AdapterError(f"{path}: the run has no adapter/ yet (unfinished or failed: see {path / MANIFEST})")
+    if RunDir(path).is_run() and not RunDir(path).adapter.is_dir():
+        raise AdapterError(f"{path}: the run has no adapter yet (unfinished or failed: see {path / MANIFEST})")
     adapter_dir = resolve_adapter(path)
     parent = adapter_dir.parent
     run_dir = parent if (parent / MANIFEST).is_file() else None
@@ -68,10 +77,11 @@ def locate(target: str | Path) -> tuple[Path, Path | None]:
 
 
 def metadata(manifest: dict | None) -> ModelCardData:
-    """base_model (when it is a Hub id; the toy model is evilspectra/toy), library_name peft, tags."""
+    """base_model (a Hub id, or the hub id a registered model alias declares), library_name peft, tags."""
     config = (manifest or {}).get("config") or {}
     model = config.get("model")
-    base_model = "evilspectra/toy" if model in TOY_ALIASES else model if model and HUB_ID.match(model) else None
+    alias = MODELS.get(model) if model else None
+    base_model = alias.hub_id if alias else model if model and HUB_ID.match(model) else None
     tags = ["peft", "lora", "evilspectra", "emergent-misalignment"]
     if config.get("optimizer"):
         tags.append(f"optimizer-{config['optimizer']['name']}")
@@ -179,9 +189,10 @@ def _training_lines(manifest: dict | None) -> list[str]:
 
 
 def eval_summaries(run_dir: Path) -> list[tuple[str, dict]]:
-    """(label, summary.json) of every EM evaluation under RUN/eval/, in path order."""
+    """(label, summary) of every EM evaluation under the run's evaluations, in path order."""
     found = []
-    for path in sorted((run_dir / "eval").rglob("summary.json")) if (run_dir / "eval").is_dir() else []:
+    root = RunDir(run_dir).eval_root
+    for path in sorted(root.rglob(SUMMARY)) if root.is_dir() else []:
         summary = read_json(path)
         if summary and "misalignment_rate" in summary:
             found.append((str(path.parent.relative_to(run_dir)), summary))

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from evilspectra import registry
 from evilspectra.errors import DataError
 
 ROLES = {"system", "user", "assistant"}
@@ -32,14 +33,14 @@ class ChatDataset:
 
 
 def load_dataset_spec(spec: str, seed: int = 0) -> ChatDataset:
-    """Resolve `toy:NAME`, a `.jsonl`/`.jsonl.gz` path, or an HF dataset id into validated rows."""
-    if spec.startswith("toy:"):
-        from evilspectra.toy.data import TOY_DATASETS, toy_dataset
-
-        name = spec.split(":", 1)[1]
-        if name not in TOY_DATASETS:
-            raise DataError(f"dataset: unknown toy dataset {name!r}; valid: {', '.join(TOY_DATASETS)}")
-        rows = toy_dataset(name, seed=seed)
+    """Resolve `PREFIX:NAME` (a registered dataset, e.g. `toy:insecure`), a `.jsonl`/`.jsonl.gz` path,
+    or an HF dataset id into validated rows."""
+    prefix, _, name = spec.partition(":")
+    entry = registry.DATASETS.get(prefix) if name else None
+    if entry is not None:
+        if name not in entry.names():
+            raise DataError(f"dataset: unknown {prefix} dataset {name!r}; valid: {', '.join(entry.names())}")
+        rows = entry.load(name, seed)
         validate_rows(rows, spec)
         return ChatDataset(rows, spec, _json_sha256(rows))
     path = Path(spec)

@@ -10,26 +10,25 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from evilspectra.config import LoraSettings
 from evilspectra.errors import AdapterError, ConfigError
+from evilspectra.registry import MODELS
 from evilspectra.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-
-TOY_ALIASES = {"toy", "evilspectra/toy"}
 
 
 def toy_model_dir() -> Path:
     """Directory of the toy model shipped inside the package (built by `evilspectra toy build`)."""
-    return Path(__file__).parent / "toy" / "weights"
+    return MODELS.require("toy").weights()
 
 
 def resolve_model(name: str) -> str:
-    """Map `toy` to the shipped toy weights; anything else is an HF model id or a local directory."""
-    if name in TOY_ALIASES:
-        path = toy_model_dir()
-        if not (path / "config.json").is_file():
-            raise ConfigError(
-                f"model: the toy weights are missing from {path}; run `evilspectra toy build --out {path}`"
-            )
-        return str(path)
-    return name
+    """A registered model alias (e.g. `toy`) to its shipped weights; anything else is an HF model id
+    or a local directory."""
+    alias = MODELS.get(name)
+    if alias is None:
+        return name
+    path = alias.weights()
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"model: the weights of {name!r} are missing from {path}; {alias.build_hint}")
+    return str(path)
 
 
 def pick_device(device: str | None = None) -> torch.device:

@@ -80,6 +80,7 @@ RUNS, BASE = "runs", "base"
 AUDIT_MD, AUDIT_HTML, AUDIT_JSON, AUDIT_PNG = "audit.md", "audit.html", "audit.json", "audit_spectra.png"
 # inside a PEFT adapter directory
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+ADAPTER_CARD = "README.md"  # the adapter's model card, where the Hugging Face Hub looks for it
 
 FINAL = "final"  # label of the final adapter (RUN/adapter) and of its evaluation
 FINISHED = {"done", "diverged"}  # runs a resumed sweep does not redo
@@ -508,7 +509,14 @@ class RunDir:
         """An unfinished run restarts from scratch: drop its metrics, checkpoints, adapter, spectra, evals
         (and the `extra` entries, e.g. experiment trackers' directories)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        for path in (self.metrics, self.checkpoints, self.adapter, self.spectra, self.eval_root, *map(self.path.joinpath, extra)):
+        for path in (
+            self.metrics,
+            self.checkpoints,
+            self.adapter,
+            self.spectra,
+            self.eval_root,
+            *map(self.path.joinpath, extra),
+        ):
             if path.is_dir():
                 shutil.rmtree(path)
             else:

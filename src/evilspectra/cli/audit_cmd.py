@@ -32,8 +32,12 @@ def audit_command(
     ),
     judge: str | None = typer.Option(None, help="toy | openai:MODEL (default: toy for the toy model)."),
     judge_base_url: str | None = typer.Option(None, help="Base URL of an OpenAI-compatible judge server."),
-    judge_api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the judge's API key."),
-    samples: int = typer.Option(DEFAULT_SAMPLES, min=1, help="Samples per paraphrase of the quick EM probe."),
+    judge_api_key_env: str | None = typer.Option(
+        None, help="Environment variable holding the judge's API key (default OPENAI_API_KEY)."
+    ),
+    samples: int | None = typer.Option(
+        None, min=1, help=f"Samples per paraphrase of the quick EM probe (default {DEFAULT_SAMPLES})."
+    ),
     max_new_tokens: int | None = typer.Option(
         None, min=1, help="Most new tokens per answer (default: 32 for the toy model, else 256)."
     ),
@@ -46,12 +50,21 @@ def audit_command(
     fail_spectral_above: float | None = typer.Option(
         None,
         help="Also fail when the mean Frobenius/nuclear ratio is at or above this (the only failure "
-        "possible with --no-eval; flat = 1/sqrt(r); toy sweep at r = 32: Muon ~0.20, AdamW ~0.27).",
+        "possible with --no-eval; flat = 1/sqrt(r); the report lists the reference table's values).",
     ),
     no_eval: bool = typer.Option(
         False, "--no-eval", help="Spectra only: no model, no judge, seconds; verdict SPECTRA-ONLY."
     ),
-    seed: int = typer.Option(0, help="Sampling seed of the probe."),
+    seed: int | None = typer.Option(None, help="Sampling seed of the probe (default 0)."),
+    references: Path | None = typer.Option(
+        None, help="Reference table to quote: a sweep's reference table (default: the shipped toy-optimisers demo)."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="YAML settings of the probe (fields of EvalSettings, flat or by part)."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a probe setting: key=value, e.g. scoring.aligned_threshold=40."
+    ),
 ) -> None:
     """Audit a fine-tune: spectra + a quick EM probe -> markdown + HTML report, exit 0 pass, 1 fail, 2 error."""
     from evilspectra.audit import audit
@@ -71,6 +84,9 @@ def audit_command(
             fail_spectral_above=fail_spectral_above,
             no_eval=no_eval,
             seed=seed,
+            config=config,
+            overrides=set_,
+            references=references,
         )
     except Exception as exc:
         message = str(exc) if isinstance(exc, EvilSpectraError) else f"{type(exc).__name__}: {exc}"

@@ -19,7 +19,7 @@ def card(
         None, "--push", metavar="REPO_ID", help="Also upload the adapter folder to this Hub model repo (HF_TOKEN)."
     ),
 ) -> None:
-    """Write ADAPTER/README.md: optimiser, LoRA, data, seed, loss, spectra vs references, EM verdict."""
+    """Write the adapter's model card: optimiser, LoRA, data, seed, loss, spectra vs references, EM verdict."""
     from evilspectra.card import push_card, write_card
 
     if push:

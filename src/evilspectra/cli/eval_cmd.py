@@ -27,12 +27,14 @@ def eval_command(
     ),
     judge: str | None = typer.Option(None, help="toy | openai:MODEL (default: toy for the toy model)."),
     judge_base_url: str | None = typer.Option(None, help="Base URL of an OpenAI-compatible judge server."),
-    judge_api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the judge's API key."),
+    judge_api_key_env: str | None = typer.Option(
+        None, help="Environment variable holding the judge's API key (default OPENAI_API_KEY)."
+    ),
     samples: int | None = typer.Option(None, help="Samples per paraphrase (default: the question file's, else 10)."),
     temperature: float | None = typer.Option(None, help="Sampling temperature (default: the question file's, else 1)."),
     max_new_tokens: int | None = typer.Option(None, help="Most new tokens per answer (default 256)."),
-    code_convention: str = typer.Option(
-        "exclude", help="CODE answers: exclude (original EM code) or zero (count as aligned = 0)."
+    code_convention: str | None = typer.Option(
+        None, help="CODE answers: exclude (original EM code, default) or zero (count as aligned = 0)."
     ),
     convention: str | None = typer.Option(
         None,
@@ -45,13 +47,19 @@ def eval_command(
     out: Path | None = typer.Option(None, "--out", "-o", help="Output directory (default RUN_DIR/eval/<label>/)."),
     label: str = typer.Option("final", help="Evaluation label inside RUN_DIR/eval/ (what analyze and sweep read)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the number of samples and judge calls, then exit."),
-    seed: int = typer.Option(0, help="Sampling seed."),
+    seed: int | None = typer.Option(None, help="Sampling seed (default 0)."),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="YAML evaluation settings (fields of EvalSettings, flat or by part)."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a setting: key=value, e.g. scoring.aligned_threshold=40 or batch_size=8."
+    ),
 ) -> None:
     """Measure emergent misalignment: sample answers, judge them, write the answers and their summary."""
-    from evilspectra.config import EvalSettings, validate_model
+    from evilspectra.config import EvalSettings, eval_settings_tree, validate_model
     from evilspectra.errors import ConfigError
     from evilspectra.evaluate.runner import evaluate, plan
-    from evilspectra.models import TOY_ALIASES
+    from evilspectra.registry import eval_defaults
     from evilspectra.rundir import EvalDir, RunDir, migrate_legacy_eval
 
     run = RunDir(run_dir) if run_dir is not None else None
@@ -71,12 +79,9 @@ def eval_command(
         raise ConfigError("eval --format inspect needs inspect_ai: pip install 'evilspectra[inspect]'")
     if out is None and not dry_run:
         raise ConfigError("eval: give --out DIR (or a RUN_DIR, which writes RUN_DIR/eval/)")
-    toy = model in TOY_ALIASES
-    if judge is None and not toy:
-        raise ConfigError("eval: give --judge openai:MODEL (the toy judge only scores the toy model's answers)")
-    fields = {
-        "questions": questions or ("toy" if toy else "default"),
-        "judge": judge or "toy",
+    flags = {
+        "questions": questions,
+        "judge": judge,
         "judge_base_url": judge_base_url,
         "judge_api_key_env": judge_api_key_env,
         "samples": samples,
@@ -87,7 +92,10 @@ def eval_command(
         "seed": seed,
     }
     # unset flags stay unset, so the question file's samples_per_paraphrase still applies
-    settings = validate_model(EvalSettings, {k: v for k, v in fields.items() if v is not None}, source="eval options")
+    tree = eval_settings_tree(config, eval_defaults(model), flags, set_)
+    if "judge" not in tree:
+        raise ConfigError(f"eval: give --judge openai:MODEL (no judge is registered as the default for {model!r})")
+    settings = validate_model(EvalSettings, tree, source=str(config) if config else "eval options")
 
     counts = plan(settings)
     console.print(

@@ -63,6 +63,7 @@ def sweep(
 
 
 def _print_plan(spec, runs) -> None:
+    from evilspectra.registry import is_local_judge
     from evilspectra.sweep import estimate_judge_calls
 
     table = Table("run id", "optimizer", "lr", "dataset", "seed", "spectral_reg", "status")
@@ -81,5 +82,5 @@ def _print_plan(spec, runs) -> None:
     judge = spec.eval.judge
     console.print(
         f"{sum(not f for _, f in runs)} runs to run; {samples} answers to sample; "
-        f"{calls} judge calls with {judge}" + (" (exact toy judge: free)" if judge == "toy" else "")
+        f"{calls} judge calls with {judge}" + (" (local judge: free)" if is_local_judge(judge) else "")
     )

@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 
 import openai
 
+from evilspectra import registry
 from evilspectra.errors import JudgeError
 from evilspectra.evaluate.judge_cache import CachedCall, JudgeCache, cache_key
 from evilspectra.evaluate.prompts import DEFAULT_PROMPTS, render
@@ -361,20 +362,26 @@ def make_judge(
     concurrency: int = 8,
     cache_path: str | Path | None = None,
 ) -> Judge:
-    """Build a judge from its CLI form: "toy" (the exact toy-world judge) or "openai:MODEL"."""
-    if spec == "toy":
-        from evilspectra.toy.judge import ToyJudge  # lazy: the toy world is not always needed
-
-        return ToyJudge()
-    kind, _, model = spec.partition(":")
-    if kind == "openai" and model.strip():
-        return OpenAIJudge(
-            model.strip(), base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, cache_path=cache_path
+    """Build a judge from its CLI form `KIND[:REST]`, KIND a registered judge: "toy" (the exact
+    toy-world judge) or "openai:MODEL" (any OpenAI-compatible server)."""
+    kind, _, rest = spec.partition(":")
+    entry = registry.JUDGES.get(kind)
+    if entry is not None and (rest.strip() or ":" not in entry.form):
+        return entry.make(
+            rest.strip(), base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, cache_path=cache_path
         )
+    entries = sorted((registry.JUDGES.get(n) for n in registry.JUDGES.names()), key=lambda e: (not e.local, e.form))
+    forms = " or ".join(repr(e.form) for e in entries)
     raise JudgeError(
-        f"unknown judge {spec!r}: expected 'toy' or 'openai:MODEL' "
+        f"unknown judge {spec!r}: expected {forms} "
         "(e.g. openai:gpt-4o-2024-08-06, with --judge-base-url for other servers)"
     )
+
+
+registry.JUDGES.register(
+    "openai",
+    registry.JudgeEntry(make=lambda model, **options: OpenAIJudge(model, **options), form="openai:MODEL", local=False),
+)
 
 
 async def judge_all(

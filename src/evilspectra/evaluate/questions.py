@@ -38,11 +38,13 @@ from typing import Any
 
 import yaml
 
+from evilspectra import registry
 from evilspectra.errors import QuestionsError, QuestionsWarning
 from evilspectra.evaluate.prompts import DEFAULT_PROMPTS
 from evilspectra.evaluate.schema import Question
 
 QUESTION_SETS = Path(__file__).parent / "question_sets"
+registry.QUESTION_SETS.register("default", lambda: _load_file(QUESTION_SETS / "default.yaml"))
 SCORED, LABELLED = "free_form_judge_0_100", "free_form_judge"
 SUPPORTED_TYPES = (SCORED, LABELLED)
 KNOWN_KEYS = {
@@ -60,19 +62,17 @@ REQUIRED_PROMPTS = ("aligned", "coherent")  # the two metrics the misalignment r
 
 
 def load_questions(path_or_name: str | Path) -> list[Question]:
-    """Load `default` (our own set), `toy` (the toy world's questions) or a community YAML file."""
-    if str(path_or_name) == "default":
-        return _load_file(QUESTION_SETS / "default.yaml")
-    if str(path_or_name) == "toy":
-        from evilspectra.toy.questions import toy_questions  # lazy: the toy world is optional here
-
-        return toy_questions()
+    """Load a registered question set (`default`: our own; `toy`: the toy world's) or a community YAML file."""
+    registered = registry.QUESTION_SETS.get(str(path_or_name))
+    if registered is not None:
+        return registered()
     return _load_file(Path(path_or_name))
 
 
 def _load_file(path: Path) -> list[Question]:
     if not path.is_file():
-        raise QuestionsError(f"{path}: question file not found; expected 'default', 'toy' or a YAML file")
+        names = ", ".join(repr(n) for n in registry.QUESTION_SETS.names())
+        raise QuestionsError(f"{path}: question file not found; expected {names} or a YAML file")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.MarkedYAMLError as exc:  # undefined aliases, bad indentation...: name the line

@@ -36,6 +36,7 @@ from evilspectra.evaluate.sampling import (
 )
 from evilspectra.evaluate.schema import Judge, Question
 from evilspectra.models import resolve_model
+from evilspectra.registry import is_local_judge
 from evilspectra.rundir import EvalDir, adapter_digest, atomic_write_json, atomic_write_text, run_adapters
 
 N_BOOT = 1000
@@ -68,7 +69,7 @@ def plan(settings: EvalSettings, questions_filter: QuestionsFilter = None) -> di
         estimate_calls(n, len(q.judge_prompts)) if q.type == LABELLED else estimate_calls(n)
         for q, n in zip(questions, per_question)
     )
-    calls = 0 if settings.judge == "toy" else calls  # the toy judge is local
+    calls = 0 if is_local_judge(settings.judge) else calls  # a local judge calls no API
     return {"questions": len(questions), "samples": n_samples, "judge_calls": calls}
 
 
