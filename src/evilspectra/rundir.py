@@ -9,7 +9,7 @@ manifest, evaluation summary and results rows through the pydantic models here.
       metrics.jsonl              one JSON line per optimiser step
       checkpoints/step-NNNNNN/   PEFT adapters saved during training
       adapter/                   the final PEFT adapter
-      spectra.csv                singular values + metrics of every adapter (spectra)
+      spectra.csv, spectra.png   singular values + metrics of every adapter, their plot (spectra)
       eval/<label>/              EvalDir of one adapter (label `final` or `step-NNNNNN`)
       error.json                 the stage that failed in a sweep, with its traceback
       audit/                     `evilspectra audit` output
@@ -54,6 +54,7 @@ METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 SPECTRA = "spectra.csv"
+SPECTRA_PNG = "spectra.png"  # `evilspectra spectra` plot (beside the spectra table)
 EVAL = "eval"
 ERROR = "error.json"
 AUDIT = "audit"

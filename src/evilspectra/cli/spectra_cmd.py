@@ -44,6 +44,7 @@ def spectra(
     ),
 ) -> None:
     """Spectra of B @ A for every LoRA module: a spectra table per run, a summary table, a plot."""
+    from evilspectra.rundir import SPECTRA_PNG
     from evilspectra.spectra import (  # lazy: keeps `evilspectra --help` free of torch
         CONFIG,
         SPECTRA_CSV,
@@ -81,4 +82,4 @@ def spectra(
 
     summary = aggregate_spectra(pd.concat(frames.values(), ignore_index=True))
     console.print(_summary_table(summary))
-    console.print(f"wrote {plot_normalised_spectra(frames, out / 'spectra.png')}")
+    console.print(f"wrote {plot_normalised_spectra(frames, out / SPECTRA_PNG)}")
