@@ -72,7 +72,7 @@ def test_card_loads_validates_and_records_every_hyperparameter(toy_run, monkeypa
     assert f"Optimiser: lion (`{manifest['optimizer']['class']}`)" in text
     assert manifest["dataset"]["sha256"] in text and "seed: 3" in text
     assert f"final training loss {manifest['final_loss']:.4f}" in text
-    assert "| Frobenius / nuclear |" in text and "toy sweep, r = 32" in text  # beside the references
+    assert "| Frobenius / nuclear |" in text and "reference table, r = 32" in text  # beside the references
     assert "Not evaluated yet" in text
 
 
