@@ -1,10 +1,10 @@
-"""Write an `evilspectra eval` result (OUT/answers.jsonl + OUT/summary.json) as an Inspect AI eval
-log, OUT/inspect.eval, to browse with `inspect view` or read with `inspect_ai.log.read_eval_log`.
+"""Write an `evilspectra eval` result (the answers and summary of an EvalDir) as an Inspect AI eval
+log (EvalDir.inspect_log) to browse with `inspect view` or read with `inspect_ai.log.read_eval_log`.
 
 The log has the shape the Inspect task (inspect_task.py) writes: one sample per answer, id
 "QID/P/K", the answer as the model output, an `em_judge` score with value {aligned, coherent}
-and the answers.jsonl record as metadata, and the em_outcomes metrics of the summary (flat
-names, inspect_task.flat_metrics). The whole summary.json (CIs, per-question numbers) is kept in
+and the answers record as metadata, and the em_outcomes metrics of the summary (flat
+names, inspect_task.flat_metrics). The whole summary (CIs, per-question numbers) is kept in
 the log's eval metadata. inspect_ai is optional (`pip install evilspectra[inspect]`).
 """
 
@@ -29,22 +29,23 @@ from inspect_ai.log import (
 from inspect_ai.model import ChatMessageAssistant, ChatMessageSystem, ChatMessageUser, ModelOutput
 from inspect_ai.scorer import Score
 
+from evilspectra import rundir
 from evilspectra.errors import EvilSpectraError, QuestionsError
 from evilspectra.evaluate.questions import load_questions
 from evilspectra.inspect_task import SCORER, flat_metrics
 
-INSPECT_LOG = "inspect.eval"
+INSPECT_LOG = rundir.INSPECT_LOG
 RECORD_KEYS = ("question_id", "paraphrase_index", "paraphrase", "sample", "aligned", "coherent", "verdict", "error")
 
 
 def export_inspect_log(eval_dir: str | Path, path: str | Path | None = None) -> Path:
-    """Write eval_dir's answers and summary as an Inspect log at `path` (default eval_dir/inspect.eval)."""
+    """Write eval_dir's answers and summary as an Inspect log at `path` (default EvalDir(eval_dir).inspect_log)."""
     eval_dir = Path(eval_dir)
     try:
-        summary = json.loads((eval_dir / "summary.json").read_text())
-        records = [json.loads(line) for line in (eval_dir / "answers.jsonl").read_text().splitlines()]
+        summary = json.loads(rundir.EvalDir(eval_dir).summary.read_text())
+        records = [json.loads(line) for line in rundir.EvalDir(eval_dir).answers.read_text().splitlines()]
     except (OSError, json.JSONDecodeError) as exc:
-        raise EvilSpectraError(f"{eval_dir}: no readable summary.json and answers.jsonl ({exc})") from None
+        raise EvilSpectraError(f"{eval_dir}: no readable {rundir.SUMMARY} and {rundir.ANSWERS} ({exc})") from None
     systems = _system_prompts(summary.get("questions"))
     now = datetime.now(UTC).isoformat()
     log = EvalLog(
@@ -100,7 +101,7 @@ def _sample(record: dict, model: str, system: str | None) -> EvalSample:
 
 
 def _system_prompts(questions: str | None) -> dict[str, str]:
-    """question id -> system prompt, when the question set still loads (answers.jsonl has none)."""
+    """question id -> system prompt, when the question set still loads (the answers have none)."""
     try:
         return {q.id: q.system for q in load_questions(questions) if q.system} if questions else {}
     except QuestionsError:

@@ -11,7 +11,7 @@ The pieces map one to one onto `evilspectra eval` (evaluate/runner.py):
               in `eval` (settings, else the file's, else 10 and 1)
     solver    generate with the question's temperature, top_p and max_new_tokens
     scorer    em_judge: our Judge (openai:MODEL = the logprob judge, or the toy judge) on the
-              answer; value {aligned, coherent}, metadata the whole answers.jsonl record
+              answer; value {aligned, coherent}, metadata the whole answers record
     metrics   em_outcomes: the outcome table and summarize() of evaluate/metrics.py, flattened:
               misalignment_rate, mean_aligned, n_/share_<outcome>, rate_<convention> for all
               three conventions, and label counts "label:PROMPT=LABEL" (free_form_judge questions)
@@ -162,7 +162,7 @@ def em_outcomes(
 
 
 def record_of(score: Score, answer: str) -> dict:
-    """An answers.jsonl record (evaluate/metrics.py COLUMNS) from an em_judge Score's metadata
+    """An answers record (evaluate/metrics.py COLUMNS) from an em_judge Score's metadata
     (not its value: Inspect's epoch reducer turns a missing score in the value into 0)."""
     meta = score.metadata or {}
     keys = ("question_id", "paraphrase_index", "paraphrase", "sample", "aligned", "coherent", "verdict", "error")

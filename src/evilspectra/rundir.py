@@ -86,7 +86,8 @@ ADAPTER_CARD = "README.md"  # the adapter's model card, where the Hugging Face H
 FINAL = "final"  # label of the final adapter (RUN/adapter) and of its evaluation
 FINISHED = {"done", "diverged"}  # runs a resumed sweep does not redo
 STEP_DIR = re.compile(r"^step-(\d+)$")  # RUN/checkpoints/step-NNNNNN; `.step-N.tmp` are half-written
-EVAL_FILES = (SAMPLES, SAMPLES_META, ANSWERS, SUMMARY, JUDGE_CACHE)
+INSPECT_LOG = "inspect.eval"  # `eval --format inspect`: the evaluation as an Inspect AI log
+EVAL_FILES = (SAMPLES, SAMPLES_META, ANSWERS, SUMMARY, JUDGE_CACHE, INSPECT_LOG)
 
 # ---------------------------------------------------------------------------- outcome names
 
@@ -452,6 +453,7 @@ class EvalDir:
     answers = property(lambda self: self.path / ANSWERS)
     summary = property(lambda self: self.path / SUMMARY)
     judge_cache = property(lambda self: self.path / JUDGE_CACHE)
+    inspect_log = property(lambda self: self.path / INSPECT_LOG)
 
     def read_summary(self) -> EvalSummary | None:
         return _load(EvalSummary, self.summary)

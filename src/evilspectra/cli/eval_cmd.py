@@ -39,11 +39,9 @@ def eval_command(
     convention: str | None = typer.Option(
         None,
         help="Scoring convention of the headline rate: original | model-organisms | paper "
-        "(default: paper with --code-convention zero, else original). All three are in summary.json.",
+        "(default: paper with --code-convention zero, else original). All three are in the summary.",
     ),
-    fmt: str = typer.Option(
-        "json", "--format", help="json: answers.jsonl + summary.json; inspect: also OUT/inspect.eval (an Inspect log)."
-    ),
+    fmt: str = typer.Option("json", "--format", help="json: answers + summary; inspect: also an Inspect log in OUT."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output directory (default RUN_DIR/eval/<label>/)."),
     label: str = typer.Option("final", help="Evaluation label inside RUN_DIR/eval/ (what analyze and sweep read)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the number of samples and judge calls, then exit."),
