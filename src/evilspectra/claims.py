@@ -1,4 +1,4 @@
-"""The study's claims (DESIGN.md section 1), each checked against a sweep's analysis by a fixed rule.
+"""The study's claims (its headline results, docs/architecture.md), each checked against a sweep's analysis by a fixed rule.
 
 A claim is a statement about one quantity that the analysis estimates with a 95% interval. Its
 rule is one of three, and the verdict is computed from the interval alone, never by hand:
