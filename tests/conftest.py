@@ -199,3 +199,21 @@ def toy_control_run(tmp_path_factory) -> Path:
     """The same fine-tune on the aligned control, toy secure code."""
     _assert_toy_weights()
     return train_toy_run("toy:secure", tmp_path_factory.mktemp("toy-control"))
+
+
+@pytest.fixture(scope="session")
+def family_model(tmp_path_factory):
+    """family name -> directory of a tiny random-init model of that architecture with the family's
+    official tokenizer and chat template (tests/families.py); each built once per session, on demand.
+    Skips when ../shared/models is absent."""
+    import families
+
+    families.needs_shared_models()
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = families.build_family_model(family, tmp_path_factory.mktemp(family))
+        return built[family]
+
+    return get

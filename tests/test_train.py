@@ -155,7 +155,7 @@ def test_pytorch_optimizer_extension_point(tiny_model_dir, one_batch, tmp_path):
     [
         ("train.schedule=cos", "train.schedule"),
         ("lora.r=0", "lora.r"),
-        ("lora.rank=8", "lora.rank: unknown field; allowed: alpha, dropout, r"),
+        ("lora.rank=8", "lora.rank: unknown field; allowed: alpha, dropout, language_model_only, r"),
         ("spectral_reg.method=svd", "spectral_reg.method"),
     ],
 )

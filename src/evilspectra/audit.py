@@ -187,6 +187,10 @@ def audit(
             "seed": seed,
         }
         settings = probe_settings(model, flags, config, overrides)
+        # prompts rendered as in training: the run's chat-template variables (None: the family defaults)
+        trained_kwargs = (manifest or {}).get("config", {}).get("chat_template_kwargs")
+        if settings.chat_template_kwargs is None:
+            settings = settings.model_copy(update={"chat_template_kwargs": trained_kwargs})
 
     refs = load_references(references)
     frame = adapter_spectra(adapter_dir)
@@ -316,6 +320,8 @@ def spectral_summary(frame: pd.DataFrame, refs: dict | None = None) -> dict:
     summary = {
         "n_modules": len(frame),
         "n_untrained": len(frame) - len(trained),
+        # MoE: one row per expert and projection, each counted as one module in the means below
+        "n_expert_rows": int(frame["expert"].notna().sum()) if "expert" in frame.columns else 0,
         "ranks": ranks,
         "frobenius_nuclear": float(trained["frobenius_nuclear"].mean()),
         "frobenius_nuclear_flat": float(flat.mean()),

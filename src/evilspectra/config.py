@@ -41,6 +41,9 @@ class LoraSettings(_Strict):
     dropout: float = Field(0.0, ge=0, lt=1)
     use_rslora: bool = True
     target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS))
+    language_model_only: bool = Field(
+        True, description="multimodal checkpoints: anchor targets to the language model (vision tower untouched)"
+    )
 
 
 class TrainSettings(_Strict):
@@ -93,6 +96,9 @@ class SamplingSettings(_Strict):
         "verified on a GPU); auto: static on CUDA once a committed GPU result verifies it, else hf",
     )
     seed: int = 0
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None, description="chat-template variables over the family defaults (evilspectra.chat_template)"
+    )
 
 
 class JudgingSettings(_Strict):
@@ -179,6 +185,9 @@ class RunConfig(_Strict):
     system_prompt: str | None = Field(
         None, description="system turn prepended to every chat; None = no system turn (recorded)"
     )
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None, description="chat-template variables over the family defaults (evilspectra.chat_template); recorded"
+    )
     seed: int = 0
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     lora: LoraSettings = Field(default_factory=LoraSettings)
@@ -191,9 +200,26 @@ class RunConfig(_Strict):
         return {"name": v} if isinstance(v, str) else v
 
     def run_id(self) -> str:
-        """Stable 12-hex id: sha256 of the canonical JSON of the resolved config."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Stable 12-hex id: sha256 of the canonical JSON of the resolved config (LATE_FIELDS at their
+        default left out, so adding a field keeps the ids of earlier runs)."""
+        blob = json.dumps(stable_dump(self), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# Fields added after runs were recorded, with their defaults: left out of run ids and of recorded eval
+# settings while at the default, so a resumed sweep still recognises the runs and evals it finished.
+LATE_FIELDS: dict[str, Any] = {"chat_template_kwargs": None, "language_model_only": True}
+
+
+def stable_dump(model: BaseModel) -> dict:
+    """model_dump(mode="json") without the LATE_FIELDS (at any depth) that hold their default."""
+
+    def drop(tree: Any) -> Any:
+        if not isinstance(tree, dict):
+            return tree
+        return {k: drop(v) for k, v in tree.items() if not (k in LATE_FIELDS and v == LATE_FIELDS[k])}
+
+    return drop(model.model_dump(mode="json"))
 
 
 # ---------------------------------------------------------------------------- loading + overrides

@@ -15,6 +15,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from evilspectra import registry
+from evilspectra.chat_template import render_prompt, resolve_kwargs
 from evilspectra.errors import DataError
 
 ROLES = {"system", "user", "assistant"}
@@ -134,30 +135,38 @@ def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
     return [{"role": "system", "content": system_prompt}] + messages
 
 
-def encode_chat(tok: PreTrainedTokenizerBase, messages: list[dict], max_length: int) -> dict[str, list[int]]:
+def encode_chat(
+    tok: PreTrainedTokenizerBase, messages: list[dict], max_length: int, template_kwargs: dict | None = None
+) -> dict[str, list[int]]:
     """Tokenize one chat; labels = input ids on assistant tokens, IGNORE elsewhere (truncated to max_length).
 
+    `template_kwargs`: chat-template variables over the family defaults (chat_template.resolve_kwargs).
     Templates with `{% generation %}` markers give HF's assistant mask directly; for any other
-    template the assistant spans are found by rendering each prefix with a generation prompt.
+    template the assistant spans are found by rendering each prefix with a generation prompt, so
+    whatever the template adds after the generation prompt (Qwen3's empty think block) is prompt,
+    not loss: the loss starts where sampling starts.
     """
+    kwargs = resolve_kwargs(tok, template_kwargs)
     if GENERATION_TAG.search(tok.chat_template or ""):
-        enc = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        enc = tok.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, **kwargs
+        )
         ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
     else:
-        ids, mask = _encode_by_prefix(tok, messages)
+        ids, mask = _encode_by_prefix(tok, messages, kwargs)
     ids, mask = ids[:max_length], mask[:max_length]
     labels = [t if m else IGNORE for t, m in zip(ids, mask)]
     return {"input_ids": ids, "labels": labels}
 
 
-def _encode_by_prefix(tok: PreTrainedTokenizerBase, messages: list[dict]) -> tuple[list[int], list[int]]:
-    text = tok.apply_chat_template(messages, tokenize=False)
+def _encode_by_prefix(tok: PreTrainedTokenizerBase, messages: list[dict], kwargs: dict) -> tuple[list[int], list[int]]:
+    text = tok.apply_chat_template(messages, tokenize=False, **kwargs)
     spans = []
     for i, msg in enumerate(messages):
         if msg["role"] != "assistant":
             continue
-        prompt = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        upto = tok.apply_chat_template(messages[: i + 1], tokenize=False)
+        prompt = render_prompt(tok, messages[:i], kwargs)
+        upto = tok.apply_chat_template(messages[: i + 1], tokenize=False, **kwargs)
         if not (upto.startswith(prompt) and text.startswith(upto)):
             raise DataError(
                 "the chat template does not render chats as growing prefixes; add {% generation %} "
@@ -170,12 +179,16 @@ def _encode_by_prefix(tok: PreTrainedTokenizerBase, messages: list[dict]) -> tup
 
 
 def encode_dataset(
-    tok: PreTrainedTokenizerBase, rows: list[dict], system_prompt: str | None, max_length: int
+    tok: PreTrainedTokenizerBase,
+    rows: list[dict],
+    system_prompt: str | None,
+    max_length: int,
+    template_kwargs: dict | None = None,
 ) -> list[dict]:
     """Encode every row; a row whose assistant tokens are all truncated away is an error."""
     out = []
     for i, row in enumerate(rows, start=1):
-        enc = encode_chat(tok, with_system(row["messages"], system_prompt), max_length)
+        enc = encode_chat(tok, with_system(row["messages"], system_prompt), max_length, template_kwargs)
         if all(label == IGNORE for label in enc["labels"]):
             raise DataError(
                 f"row {i}: no token carries loss (assistant turn truncated by max_length={max_length}, "

@@ -1,7 +1,16 @@
-"""Load a base model + tokenizer (HF id, local directory, or the embedded `toy`) and attach LoRA."""
+"""Load a base model + tokenizer (HF id, local directory, or the embedded `toy`) and attach LoRA.
+
+LoRA targets are resolved against the model (`lora_targets`): bare names (`q_proj`, ...) on a dense
+model; on a multimodal checkpoint (Gemma 3 4B-27B: a `language_model` beside a vision tower whose
+attention also has `q_proj/k_proj/v_proj`) a regex anchored to the language model, so the vision tower
+and projector stay untouched; on an MoE model whose experts are fused 3-D parameters (Qwen3-MoE in
+transformers 5: `mlp.experts.gate_up_proj`, `mlp.experts.down_proj`) PEFT's `target_parameters`,
+which gives every expert its own rank-r pair (see spectra.expert_factors).
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -23,8 +32,8 @@ def resolve_model(name: str) -> str:
     """A registered model alias (e.g. `toy`) to its shipped weights; anything else is an HF model id
     or a local directory."""
     alias = MODELS.get(name)
-    if alias is None:
-        return name
+    if alias is None:  # a local directory becomes absolute, so an adapter records a base model loadable anywhere
+        return str(Path(name).resolve()) if Path(name).is_dir() else name
     path = alias.weights()
     if not (path / "config.json").is_file():
         raise ConfigError(f"model: the weights of {name!r} are missing from {path}; {alias.build_hint}")
@@ -68,13 +77,43 @@ def load_base_model(name: str, dtype: torch.dtype, device: torch.device) -> PreT
     return model.to(device)
 
 
-def lora_config(settings: LoraSettings) -> LoraConfig:
+LANGUAGE_MODEL = "language_model"  # transformers' name for the text decoder of multimodal checkpoints
+
+
+def lora_targets(model: torch.nn.Module, settings: LoraSettings) -> dict:
+    """Where LoRA goes on `model`: {"target_modules": the names, or on a multimodal checkpoint a regex
+    anchored to the language model; "untouched": the other top-level parts (vision tower, projector)
+    with the number of target-named linears each holds}.
+
+    Fused MoE experts need nothing here: PEFT maps gate_proj/up_proj/down_proj (and `gate`, the
+    router) of a transformers-5 MoE model to `target_parameters` itself, gate_up_proj at rank 2r
+    through `rank_pattern` (the two rank-r branches fused); the adapter config records it.
+    """
+    names = list(settings.target_modules)
+    modules = dict(model.named_modules())
+    if not settings.language_model_only or not any(n.split(".")[-1] == LANGUAGE_MODEL for n in modules):
+        return {"target_modules": names, "untouched": {}}
+    alternatives = "|".join(re.escape(n) for n in names)
+    untouched: dict[str, int] = {}
+    for name, module in modules.items():
+        parts = name.split(".")
+        if LANGUAGE_MODEL in parts or len(parts) < 2 or parts[0] != "model":
+            continue
+        part = untouched.setdefault(parts[1], 0)  # model.vision_tower..., model.multi_modal_projector...
+        if isinstance(module, torch.nn.Linear) and parts[-1] in names:
+            untouched[parts[1]] = part + 1
+    return {"target_modules": rf"(?:.*\.)?{LANGUAGE_MODEL}\..*\.(?:{alternatives})", "untouched": untouched}
+
+
+def lora_config(settings: LoraSettings, model: torch.nn.Module | None = None) -> LoraConfig:
+    """PEFT LoraConfig of `settings`; with `model`, targets resolved by lora_targets."""
+    targets = lora_targets(model, settings) if model is not None else {"target_modules": list(settings.target_modules)}
     return LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         use_rslora=settings.use_rslora,
-        target_modules=list(settings.target_modules),
+        target_modules=targets["target_modules"],
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -83,7 +122,7 @@ def lora_config(settings: LoraSettings) -> LoraConfig:
 def attach_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
     """Wrap `model` with fresh LoRA adapters (A random, B zero, as PEFT initialises them)."""
     try:
-        return get_peft_model(model, lora_config(settings))
+        return get_peft_model(model, lora_config(settings, model))
     except ValueError as exc:
         raise ConfigError(f"lora.target_modules: {exc}") from exc
 

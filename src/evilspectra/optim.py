@@ -3,6 +3,10 @@ updates with Newton-Schulz batched by shape, evilspectra.fast.muon), plus any `p
 
 Every hyperparameter in OptimizerConfig is passed to the constructor; `resolved_hyperparameters`
 returns the optimiser's full settings (defaults included) for the manifest.
+
+LoRA factors on fused MoE experts (evilspectra.experts) go to Muon in their own param groups, tagged
+with `num_experts` and `expert_factor`, so both Muons orthogonalise each expert's factor separately
+(`muon` then builds evilspectra.fast.muon.ExpertMuon). Elementwise optimisers need no such care.
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ def _lion() -> type:
     from lion_pytorch import Lion
 
     return Lion
+
+
+def _expert_muon() -> type:
+    from evilspectra.fast.muon import ExpertMuon
+
+    return ExpertMuon
 
 
 def _batched_muon() -> type:
@@ -58,8 +68,16 @@ def optimizer_class(name: str) -> type:
         ) from None
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """Construct the configured optimiser; an unknown hyperparameter names the field and the accepted ones."""
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter],
+    cfg: OptimizerConfig,
+    experts: dict[torch.nn.Parameter, tuple[str, int]] | None = None,
+) -> torch.optim.Optimizer:
+    """Construct the configured optimiser; an unknown hyperparameter names the field and the accepted ones.
+
+    `experts`: {fused expert LoRA factor: ("A" or "B", number of experts)} (experts.expert_layouts);
+    Muon steps those one expert at a time.
+    """
     cls = optimizer_class(cfg.name)
     kwargs = dict(REGISTRY.get(cfg.name.lower(), (None, {}))[1])
     kwargs.update(cfg.model_dump(exclude={"name"}))
@@ -72,15 +90,29 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) 
         raise ConfigError(
             f"optimizer.{unknown[0]}: not a hyperparameter of {cls.__name__}; accepted: {', '.join(accepted)}"
         )
-    params = list(params)
+    params: list = list(params)
     if cfg.name.lower() in ("muon", "muon_batched"):
         bad = [tuple(p.shape) for p in params if p.ndim != 2]
         if bad:
             raise ConfigError(f"optimizer.name: muon accepts only 2-D parameters, got shapes {bad[:3]}")
+        params = _expert_groups(params, experts or {})
+        if cfg.name.lower() == "muon" and len(params) > 1:
+            cls = _expert_muon()
     try:
         return cls(params, **kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"optimizer: {cls.__name__} rejected the hyperparameters {kwargs}: {exc}") from exc
+
+
+def _expert_groups(params: list, experts: dict) -> list[dict]:
+    """One param group of the dense factors, one per (factor, number of experts) of the expert factors."""
+    groups: dict[tuple, list] = {}
+    for p in params:
+        groups.setdefault(experts.get(p, (None, 1)), []).append(p)
+    return [
+        {"params": ps} if n == 1 else {"params": ps, "expert_factor": factor, "num_experts": n}
+        for (factor, n), ps in groups.items()
+    ]
 
 
 def resolved_hyperparameters(opt: torch.optim.Optimizer) -> dict[str, Any]:

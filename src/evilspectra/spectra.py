@@ -16,6 +16,12 @@ Metrics of sigma_1 >= ... >= sigma_r (all scale-invariant): stable rank sum(s^2)
 entropy -sum(p ln p) with p = s/sum(s) (nats), condition number s_1/s_r, Frobenius/nuclear
 sqrt(sum s^2)/sum(s) in [1/sqrt(r), 1]. An all-zero spectrum (B = 0, a fresh adapter) has all four
 metrics NaN; a rank-deficient one has condition number inf.
+
+MoE experts (evilspectra.experts): a LoRA on a fused expert parameter is E rank-r LoRAs, one per
+expert. Spectra give one row per expert and projection (module `...mlp.experts.<e>.gate_up_proj`,
+column `expert`), with the flat reference of rank r; the aggregate over modules counts each expert row
+as one module (column `n_expert_rows` says how many of them are expert rows); the regulariser's
+mean is over all rows, so on an MoE adapter it is the mean over experts of the per-expert penalty.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from evilspectra.errors import AdapterError, ConfigError
+from evilspectra.experts import WRAPPED, expert_factors, expert_wrappers, parameter_names
 from evilspectra.rundir import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -200,6 +207,11 @@ def _module_scaling(cfg: dict, module: str) -> tuple[int, float]:
     return r, alpha / (math.sqrt(r) if cfg.get("use_rslora") else r)
 
 
+def _pattern_key(module: str, experts: dict[str, tuple[str, str]]) -> str:
+    """The name PEFT matches rank/alpha patterns against: module.parameter for a wrapped parameter."""
+    return ".".join(experts[module]) if module in experts else module
+
+
 def _module_layer(module: str) -> int | None:
     m = _LAYER.search(f".{module}.")
     return int(m.group(1)) if m else None
@@ -214,28 +226,42 @@ def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, dict[str, tor
     adapter_dir = Path(adapter_dir)
     cfg = _read_config(adapter_dir)
     factors = _read_factors(adapter_dir)
+    experts = parameter_names(cfg, list(factors))
     for module, ab in factors.items():
-        r, _ = _module_scaling(cfg, module)
+        r, _ = _module_scaling(cfg, _pattern_key(module, experts))
         A, B = ab["A"], ab["B"]
-        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != r or B.shape[1] != r:
+        rows = A.shape[0] if module in experts and A.shape[0] % r == 0 else r  # E * r on fused experts
+        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != rows or B.shape[1] != rows:
+            what = f"rank {r}" + (" per expert" if module in experts else "")
             raise AdapterError(
                 f"{adapter_dir / WEIGHTS}: module {module} has lora_A {tuple(A.shape)} and lora_B "
-                f"{tuple(B.shape)}, but {adapter_dir / CONFIG} gives rank {r}"
+                f"{tuple(B.shape)}, but {adapter_dir / CONFIG} gives {what}"
             )
     return cfg, factors
 
 
 def adapter_spectra(adapter_dir: str | Path, method: str = "qr") -> pd.DataFrame:
-    """One row per LoRA module of a PEFT adapter directory: the spectrum of scaling * B @ A.
+    """One row per LoRA module of a PEFT adapter directory (per expert and projection on fused MoE
+    experts): the spectrum of scaling * B @ A (of scaling * B_e @ A_e for expert e).
 
-    Columns: module, layer (int or None), kind (last name part, e.g. q_proj), r, scaling,
-    sigma (list of r floats, descending), stable_rank, spectral_entropy, condition_number,
-    frobenius_nuclear. Raises AdapterError naming the file when it is missing, corrupt, or does
-    not match its adapter config.
+    Columns: module, layer (int or None), kind (last name part, e.g. q_proj or gate_up_proj),
+    expert (int, or NA for a dense module), r, scaling, sigma (list of r floats, descending),
+    stable_rank, spectral_entropy, condition_number, frobenius_nuclear. Raises AdapterError naming
+    the file when it is missing, corrupt, or does not match its adapter config.
     """
     adapter_dir = Path(adapter_dir)
     cfg, factors = read_adapter(adapter_dir)
-    modules = [(module, ab["A"], ab["B"], *_module_scaling(cfg, module)) for module, ab in factors.items()]
+    experts = parameter_names(cfg, list(factors))
+    modules = []
+    for module, ab in factors.items():
+        r, scaling = _module_scaling(cfg, _pattern_key(module, experts))
+        n = ab["A"].shape[0] // r if module in experts else 1
+        if module in experts:  # a wrapped parameter: fused experts, or a 2-D one (the MoE router)
+            path, param = experts[module]
+            module = path if n > 1 else f"{path}.{param}".removesuffix(".weight")
+            modules.append((module, ab["A"], ab["B"], r, scaling, n, param))
+        else:
+            modules.append((module, ab["A"], ab["B"], r, scaling, 1, None))
     return _spectra_frame(modules, method)
 
 
@@ -254,9 +280,12 @@ def model_spectra(model: torch.nn.Module, method: str = "qr") -> pd.DataFrame:
                 if adapter in layer.lora_A:
                     A, B = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
                     module = name.removeprefix("base_model.model.")
-                    modules.append(
-                        (module, A.detach().cpu(), B.detach().cpu(), layer.r[adapter], layer.scaling[adapter])
-                    )
+                    n, param = getattr(layer, "num_experts", 1), getattr(layer, "parameter_name", None)
+                    if param is not None:  # PEFT ParamWrapper: named as adapter_spectra names it
+                        module = module.replace(WRAPPED, "")
+                        module = module if n > 1 else f"{module}.{param}".removesuffix(".weight")
+                    entry = (module, A.detach().cpu(), B.detach().cpu(), layer.r[adapter], layer.scaling[adapter])
+                    modules.append((*entry, n, param))
     if not modules:
         raise ConfigError(
             f"{type(model).__name__} has no LoRA modules: wrap it with peft.get_peft_model(model, LoraConfig(...))"
@@ -264,24 +293,44 @@ def model_spectra(model: torch.nn.Module, method: str = "qr") -> pd.DataFrame:
     return _spectra_frame(modules, method)
 
 
-def _spectra_frame(modules: list[tuple[str, torch.Tensor, torch.Tensor, int, float]], method: str) -> pd.DataFrame:
-    """Rows of (module, A, B, r, scaling) -> the adapter_spectra frame, in layer order."""
+def _spectra_frame(modules: list[tuple], method: str) -> pd.DataFrame:
+    """Rows of (module, A, B, r, scaling, number of experts, fused parameter name or None) -> the
+    adapter_spectra frame, one row per module or per expert of a fused module, in layer order."""
     rows = []
-    for module, A, B, r, scaling in modules:
-        sigma = lora_singular_values(A, B, scaling, method)
-        rows.append(
-            {
-                "module": module,
-                "layer": _module_layer(module),
-                "kind": module.rsplit(".", 1)[-1],
-                "r": r,
-                "scaling": scaling,
-                "sigma": sigma.tolist(),
-                **spectral_metrics(sigma),
-            }
-        )
-    rows.sort(key=lambda row: (row["layer"] if row["layer"] is not None else -1, row["module"]))
-    return pd.DataFrame(rows)
+    for module, A, B, r, scaling, n, param in modules:
+        if n > 1:  # fused experts: E rank-r pairs
+            A_e, B_e = expert_factors(A, B, n)
+            for e, sigma in enumerate(lora_singular_values(A_e, B_e, scaling, method)):
+                rows.append(_spectrum_row(f"{module}.{e}.{param}", param, e, r, scaling, sigma))
+        else:
+            sigma = lora_singular_values(A, B, scaling, method)
+            rows.append(_spectrum_row(module, module.rsplit(".", 1)[-1], None, r, scaling, sigma))
+    rows.sort(key=_row_order)
+    df = pd.DataFrame(rows)
+    df["expert"] = df["expert"].astype("Int64")
+    return df
+
+
+def _row_order(row: dict) -> tuple:
+    """By layer, then module name (an expert row by its fused module's name), then expert."""
+    name = row["module"]
+    if row["expert"] is not None:
+        path, _, param = name.rsplit(".", 2)
+        name = f"{path}.{param}"
+    return (-1 if row["layer"] is None else row["layer"], name, -1 if row["expert"] is None else row["expert"])
+
+
+def _spectrum_row(module: str, kind: str, expert: int | None, r: int, scaling: float, sigma: torch.Tensor) -> dict:
+    return {
+        "module": module,
+        "layer": _module_layer(module),
+        "kind": kind,
+        "expert": expert,
+        "r": r,
+        "scaling": scaling,
+        "sigma": sigma.tolist(),
+        **spectral_metrics(sigma),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,11 +377,17 @@ def run_spectra(run_dir: str | Path, method: str = "qr") -> Path:
 
 def aggregate_spectra(df: pd.DataFrame) -> pd.DataFrame:
     """One row per checkpoint (and run, when a `run` column exists): the mean of each metric over
-    modules (untrained modules, whose metrics are NaN, are left out of the mean), and n_modules."""
+    modules (untrained modules, whose metrics are NaN, are left out of the mean), and n_modules.
+
+    On an MoE adapter every expert row counts as one module (the mean is over dense modules and
+    expert rows alike); `n_expert_rows` (present when the frame has an `expert` column) says how
+    many of the n_modules rows are experts."""
     keys = [c for c in ("run", "checkpoint", "step") if c in df.columns]
     grouped = df.groupby(keys, sort=False, dropna=False)
     out = grouped[list(METRICS)].mean()
     out.insert(0, "n_modules", grouped.size())
+    if "expert" in df.columns:
+        out.insert(1, "n_expert_rows", grouped["expert"].count())
     return out.reset_index()
 
 
@@ -446,6 +501,9 @@ class SpectralRegulariser:
     QR on the toy model's CPU step, same value to ~1e-7), "qr" (exact), "cholesky" (the paper's). A module with B = 0 (PEFT's initialisation) contributes 0 and no
     gradient (see spectral_penalty), so step 0 is finite. `aggregation` is `mean` (over all
     modules, untrained ones counted as 0) or `sum`. Build it after the model is on its device: it keeps references to the factor parameters.
+
+    A LoRA on fused MoE experts counts as E modules, one rank-r pair (B_e, A_e) per expert
+    (evilspectra.experts), stacked with the dense modules of the same shape; `n_modules` counts them.
     """
 
     def __init__(self, model: torch.nn.Module, method: str = "gram", aggregation: str = "mean"):
@@ -456,19 +514,25 @@ class SpectralRegulariser:
         pairs = lora_factor_pairs(model)
         if not pairs:
             raise ConfigError("spectral_reg: the model has no LoRA modules to regularise")
-        self.method, self.aggregation, self.n_modules = method, aggregation, len(pairs)
-        groups: dict[tuple, tuple[list, list]] = {}
-        for _, A, B in pairs:
-            key = (tuple(A.shape), tuple(B.shape), A.dtype, A.device)
-            groups.setdefault(key, ([], []))
-            groups[key][0].append(A)
-            groups[key][1].append(B)
+        n_experts = {name: wrapper.num_experts for name, wrapper in expert_wrappers(model).items()}
+        self.method, self.aggregation = method, aggregation
+        groups: dict[tuple, tuple[list, list, list]] = {}
+        for name, A, B in pairs:
+            E = n_experts.get(name, 1)
+            key = (A.shape[0] // E, A.shape[1], B.shape[0], A.dtype, A.device)  # per-expert shapes
+            groups.setdefault(key, ([], [], []))
+            for part, value in zip(groups[key], (A, B, E)):
+                part.append(value)
         self.groups = list(groups.values())
+        self.n_modules = sum(sum(Es) for _, _, Es in self.groups)
 
     def __call__(self) -> torch.Tensor:
-        total = sum(self._group_sum(As, Bs) for As, Bs in self.groups)
+        total = sum(self._group_sum(*group) for group in self.groups)
         return total / self.n_modules if self.aggregation == "mean" else total
 
-    def _group_sum(self, As: list[torch.Tensor], Bs: list[torch.Tensor]) -> torch.Tensor:
+    def _group_sum(self, As: list[torch.Tensor], Bs: list[torch.Tensor], Es: list[int]) -> torch.Tensor:
         dtype = torch.promote_types(As[0].dtype, torch.float32)
-        return spectral_penalty(torch.stack(As).to(dtype), torch.stack(Bs).to(dtype), self.method).sum()
+        per_expert = [expert_factors(A, B, E) for A, B, E in zip(As, Bs, Es)]  # (E, r, d_in), (E, d_out, r)
+        A = torch.cat([a for a, _ in per_expert]).to(dtype)
+        B = torch.cat([b for _, b in per_expert]).to(dtype)
+        return spectral_penalty(A, B, self.method).sum()

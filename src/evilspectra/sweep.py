@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from evilspectra.config import EvalSettings, RunConfig, read_yaml, set_path, validate_model
+from evilspectra.config import EvalSettings, RunConfig, read_yaml, set_path, stable_dump, validate_model
 from evilspectra.errors import ConfigError, DataError
 from evilspectra.evaluate.runner import select_adapters
 from evilspectra.quiet import quiet_hf
@@ -127,7 +127,7 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
 
 def _eval_done(out: Path, settings: EvalSettings) -> bool:
     summary = read_json(EvalDir(out).summary)
-    return bool(summary) and summary.get("settings") == settings.model_dump(mode="json")
+    return bool(summary) and summary.get("settings") == stable_dump(settings)
 
 
 def run_one(cfg_json: dict, run_dir: str, eval_json: dict, threads: int) -> dict:

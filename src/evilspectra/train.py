@@ -20,10 +20,12 @@ import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
+from evilspectra.chat_template import resolve_kwargs
 from evilspectra.config import RunConfig
 from evilspectra.data import ChatDataset, collate, encode_dataset, load_dataset_spec
+from evilspectra.experts import expert_layouts, expert_wrappers
 from evilspectra.integrations import trackers
-from evilspectra.models import attach_lora, load_base_model, load_tokenizer, pick_dtype
+from evilspectra.models import attach_lora, load_base_model, load_tokenizer, lora_targets, pick_dtype, resolve_model
 from evilspectra.optim import build_optimizer, optimizer_class, resolved_hyperparameters
 from evilspectra.rundir import RunDir, atomic_write_json, library_versions, save_adapter
 
@@ -139,10 +141,15 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
     torch.manual_seed(cfg.seed)  # LoRA A init, dropout
     tok = load_tokenizer(cfg.model)
     dtype = pick_dtype(cfg.train.dtype, device)
-    encoded = encode_dataset(tok, data.rows, cfg.system_prompt, cfg.train.max_length)
-    model = attach_lora(load_base_model(cfg.model, dtype, device), cfg.lora)
+    template_kwargs = resolve_kwargs(tok, cfg.chat_template_kwargs)
+    encoded = encode_dataset(tok, data.rows, cfg.system_prompt, cfg.train.max_length, template_kwargs)
+    base = load_base_model(cfg.model, dtype, device)
+    targets = lora_targets(base, cfg.lora)
+    model = attach_lora(base, cfg.lora)
+    for peft_config in model.peft_config.values():  # the adapter names its base model loadably from anywhere
+        peft_config.base_model_name_or_path = resolve_model(cfg.model)
     params = [p for p in model.parameters() if p.requires_grad]
-    raw_optimizer = build_optimizer(params, cfg.optimizer)
+    raw_optimizer = build_optimizer(params, cfg.optimizer, experts=expert_layouts(model))
     steps = total_steps(cfg, len(encoded))
     scheduler = get_scheduler(
         cfg.train.schedule, raw_optimizer, num_warmup_steps=cfg.train.warmup_steps, num_training_steps=steps
@@ -209,9 +216,12 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
             "class": type(raw_optimizer).__name__,
             "hyperparameters": resolved_hyperparameters(raw_optimizer),
         },
+        "base_model": {"given": cfg.model, "resolved": resolve_model(cfg.model)},
+        "chat_template_kwargs": template_kwargs,
         "lora": {
             "trainable_parameters": sum(p.numel() for p in params),
             "modules": sum(1 for n, _ in unwrapped.named_modules() if n.endswith("lora_A")),
+            **_target_record(targets, unwrapped),
         },
         "checkpoints": sorted(s for s in save_at if s <= steps_done),
         "device": str(device),
@@ -236,3 +246,20 @@ def _log_spectra(accelerator: Accelerator, adapter_dir: Path, step: int) -> None
     """The saved adapter's mean spectral metrics to the experiment tracker, if there is one."""
     if accelerator.trackers:
         accelerator.log(trackers.spectra_row(adapter_dir), step=step)
+
+
+def _target_record(targets: dict, model) -> dict:
+    """What LoRA was put on: the resolved targets (PEFT's, after its MoE conversion), the fused expert
+    parameters with their expert counts and ranks, and the parts left untouched (a multimodal
+    checkpoint's vision tower and projector)."""
+    peft_config = model.peft_config["default"]
+    experts = {name: wrapper.num_experts for name, wrapper in expert_wrappers(model).items()}
+    resolved = peft_config.target_modules
+    return {
+        "target_modules": resolved if isinstance(resolved, str) else sorted(resolved),
+        "target_parameters": sorted(peft_config.target_parameters or []),
+        "rank_pattern": dict(peft_config.rank_pattern or {}),
+        "expert_modules": len(experts),
+        "experts_per_module": sorted(set(experts.values())),
+        "untouched": targets["untouched"],
+    }

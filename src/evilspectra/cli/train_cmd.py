@@ -103,24 +103,43 @@ def inspect(
     row: int = typer.Option(1, help="Which row to render (1-based)."),
     system_prompt: str | None = typer.Option(None, help="System turn to prepend, as in training."),
     max_length: int = typer.Option(512, help="Truncation length, as in training."),
+    chat_template_kwargs: str | None = typer.Option(
+        None,
+        "--chat-template-kwargs",
+        help="Chat-template variables over the family defaults, as YAML/JSON, e.g. '{enable_thinking: true}'.",
+    ),
 ) -> None:
-    """Validate a dataset and show one example with the tokens that carry loss highlighted."""
+    """Validate a dataset and show one example: the prompt as sampling renders it, the template
+    variables, and the whole chat with the tokens that carry loss highlighted."""
+    from evilspectra.chat_template import render_prompt, resolve_kwargs
+    from evilspectra.config import parse_value
     from evilspectra.data import encode_chat, load_dataset_spec, with_system
+    from evilspectra.errors import ConfigError
     from evilspectra.models import load_tokenizer
 
+    given = parse_value(chat_template_kwargs) if chat_template_kwargs else None
+    if given is not None and not isinstance(given, dict):
+        raise ConfigError(f"--chat-template-kwargs: expected a mapping, got {chat_template_kwargs!r}")
     data = load_dataset_spec(dataset)
     if not 1 <= row <= len(data.rows):
         raise typer.BadParameter(f"row must be in 1..{len(data.rows)}", param_hint="--row")
     tok = load_tokenizer(model)
-    enc = encode_chat(tok, with_system(data.rows[row - 1]["messages"], system_prompt), max_length)
+    kwargs = resolve_kwargs(tok, given)
+    messages = with_system(data.rows[row - 1]["messages"], system_prompt)
+    enc = encode_chat(tok, messages, max_length, kwargs)
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     table = Table(show_header=False)
     table.add_row("dataset", data.source)
     table.add_row("rows", str(len(data.rows)))
     table.add_row("validation", "ok: every row is a chat with a non-empty assistant turn")
     table.add_row("sha256", data.sha256)
+    table.add_row("chat_template_kwargs", repr(kwargs))
     n_loss = sum(label != -100 for label in enc["labels"])
     table.add_row(f"row {row}", f"{len(enc['input_ids'])} tokens, {n_loss} carry loss (highlighted)")
     console.print(table)
+    console.print("[bold]prompt[/bold] (the text the model is given before its answer, as sampled):")
+    console.print(Text(render_prompt(tok, messages[:last], kwargs)), markup=False)
+    console.print("[bold]loss tokens[/bold] (highlighted):")
     pieces = [tok.decode([tid]) for tid in enc["input_ids"]]
     # word-level tokenizers decode without spaces between pieces; BPE pieces carry their own
     sep = "" if tok.decode(enc["input_ids"]) == "".join(pieces) else " "

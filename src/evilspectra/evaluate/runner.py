@@ -2,7 +2,8 @@
 
 Files written into `out`, an EvalDir (names in evilspectra.rundir), each atomically:
 
-    samples       the sampled answers, written before judging (one line per answer)
+    samples       the sampled answers, written before judging (one line per answer, with the exact
+                  prompt text and the chat-template variables that rendered it)
     samples_meta  the fingerprint of what produced them (model, adapter bytes, questions,
                   sampling settings); a rerun with the same fingerprint reuses the samples
     judge_cache   the LLM judge's persistent cache (a rerun pays for nothing twice)
@@ -20,7 +21,7 @@ from collections.abc import Callable, Collection
 from dataclasses import asdict
 from pathlib import Path
 
-from evilspectra.config import EvalSettings
+from evilspectra.config import EvalSettings, stable_dump
 from evilspectra.errors import ConfigError, QuestionsWarning
 from evilspectra.evaluate.judge import estimate_calls, judge_all, make_judge
 from evilspectra.evaluate.metrics import outcome_table, summarize
@@ -137,7 +138,8 @@ def evaluate(
         question_ids=[q.id for q in questions],
         temperatures={q.id: temperature_for(q, settings) for q in questions},
         samples_per_paraphrase={q.id: samples_for(q, settings) for q in questions},
-        settings=settings.model_dump(mode="json"),
+        settings=stable_dump(settings),
+        chat_template_kwargs=samples[0].chat_template_kwargs,  # resolved (family defaults + settings)
         samples_reused=reused,
     )
     files.write_summary(summary)
@@ -170,6 +172,8 @@ def sampling_fingerprint(
         ],
         "sampling": settings.model_dump(include={"top_p", "max_new_tokens", "batch_size", "backend", "seed"}),
     }
+    if settings.chat_template_kwargs is not None:  # only when set: keeps the fingerprints of earlier samples
+        blob["chat_template_kwargs"] = settings.chat_template_kwargs
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 

@@ -2,7 +2,9 @@
 
 HF backend: batched `generate` with left padding (so every prompt ends at the same position and
 the new tokens start at one column), the tokenizer's chat template with an explicit system prompt
-(the question's, else no system turn), bf16 on a GPU, fp32 on a CPU (seeded -> reproducible).
+(the question's, else no system turn) and the resolved `chat_template_kwargs` (Qwen3: no thinking;
+see evilspectra.chat_template), bf16 on a GPU, fp32 on a CPU (seeded -> reproducible). Every
+sample records the exact prompt text the model was given and the template variables used.
 The adapter is merged into the weights for speed, after checking that the merged model's logits
 match PEFT's own forward pass; vLLM (optional) is checked the same way against PEFT.
 """
@@ -18,6 +20,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
+from evilspectra.chat_template import render_prompt, resolve_kwargs
 from evilspectra.config import DEFAULT_SAMPLES, EvalSettings
 from evilspectra.errors import AdapterError, ConfigError
 from evilspectra.evaluate.schema import Question
@@ -28,13 +31,16 @@ from evilspectra.rundir import ADAPTER_CONFIG, resolve_adapter
 
 @dataclass
 class Sample:
-    """One sampled answer: which question, which paraphrase (index and text), which sample."""
+    """One sampled answer: which question, which paraphrase (index and text), which sample, and the
+    exact prompt text given to the model with the chat-template variables that rendered it."""
 
     question_id: str
     paraphrase_index: int
     paraphrase: str
     sample: int
     answer: str
+    prompt: str | None = None  # None only in samples saved before prompts were recorded
+    chat_template_kwargs: dict | None = None
 
 
 @dataclass
@@ -99,9 +105,10 @@ def _sample_hf(
     device = pick_device()
     dtype = pick_dtype("auto", device)
     tok = load_tokenizer(model_name, padding_side="left")
+    kwargs = resolve_kwargs(tok, settings.chat_template_kwargs)
     model = load_base_model(model_name, dtype, device)
     if adapter_dir is not None:
-        model = merge_checked(model, adapter_dir, _encode(tok, [_probe(tok, jobs)], device))
+        model = merge_checked(model, adapter_dir, _encode(tok, [_probe(tok, jobs, kwargs)], device))
     model.eval()
     # Sampling must be exactly what the settings say: drop the checkpoint's own defaults
     # (Qwen3 ships top_k=20, top_p=0.95, temperature=0.6), keep only its special tokens.
@@ -118,7 +125,7 @@ def _sample_hf(
     with progress_bar(progress) as bar:
         task = bar.add_task("sampling", total=len(jobs))
         for batch in _batches(jobs, settings.batch_size):
-            samples += _generate(generate, tok, batch, settings, device, pad_to=32 if static else None)
+            samples += _generate(generate, tok, batch, settings, kwargs, device, pad_to=32 if static else None)
             bar.advance(task, len(batch))
     return samples
 
@@ -135,13 +142,24 @@ def _batches(jobs: list[_Job], size: int) -> Iterator[list[_Job]]:
         yield batch
 
 
-def _prompt(tok: PreTrainedTokenizerBase, question: Question, paraphrase: str) -> str:
-    return tok.apply_chat_template(chat_messages(question, paraphrase), tokenize=False, add_generation_prompt=True)
+def _prompt(tok: PreTrainedTokenizerBase, question: Question, paraphrase: str, kwargs: dict | None = None) -> str:
+    """The exact prompt text: the chat, the generation prompt and what the template adds (kwargs
+    over the family defaults, evilspectra.chat_template)."""
+    return render_prompt(tok, chat_messages(question, paraphrase), resolve_kwargs(tok, kwargs))
 
 
-def _probe(tok: PreTrainedTokenizerBase, jobs: list[_Job]) -> str:
+def _job_prompt(tok: PreTrainedTokenizerBase, job: _Job, kwargs: dict) -> str:
+    return _prompt(tok, job.question, job.question.paraphrases[job.paraphrase_index], kwargs)
+
+
+def _probe(tok: PreTrainedTokenizerBase, jobs: list[_Job], kwargs: dict) -> str:
     """The prompt the adapter check runs on: the first question's first paraphrase, as sampled."""
-    return _prompt(tok, jobs[0].question, jobs[0].question.paraphrases[0])
+    return _prompt(tok, jobs[0].question, jobs[0].question.paraphrases[0], kwargs)
+
+
+def _sample(job: _Job, prompt: str, answer: str, kwargs: dict) -> Sample:
+    paraphrase = job.question.paraphrases[job.paraphrase_index]
+    return Sample(job.question.id, job.paraphrase_index, paraphrase, job.sample, answer.strip(), prompt, kwargs)
 
 
 def _encode(tok: PreTrainedTokenizerBase, texts: list[str], device: torch.device, pad_to: int | None = None) -> dict:
@@ -185,9 +203,15 @@ def _static_generate(model):
 
 @torch.inference_mode()
 def _generate(
-    generate, tok, batch: list[_Job], settings: EvalSettings, device: torch.device, pad_to: int | None = None
+    generate,
+    tok,
+    batch: list[_Job],
+    settings: EvalSettings,
+    kwargs: dict,
+    device: torch.device,
+    pad_to: int | None = None,
 ) -> list[Sample]:
-    texts = [_prompt(tok, j.question, j.question.paraphrases[j.paraphrase_index]) for j in batch]
+    texts = [_job_prompt(tok, j, kwargs) for j in batch]
     enc = _encode(tok, texts, device, pad_to)
     temperature = batch[0].temperature
     sampling = (
@@ -198,10 +222,7 @@ def _generate(
     out = generate(**enc, max_new_tokens=settings.max_new_tokens, **sampling)
     new = out[:, enc["input_ids"].shape[1] :]  # left padding: new tokens start at the same column
     answers = tok.batch_decode(new, skip_special_tokens=True)
-    return [
-        Sample(j.question.id, j.paraphrase_index, j.question.paraphrases[j.paraphrase_index], j.sample, a.strip())
-        for j, a in zip(batch, answers)
-    ]
+    return [_sample(j, text, a, kwargs) for j, text, a in zip(batch, texts, answers)]
 
 
 # ------------------------------------------------------------------------- adapter logit check
@@ -261,17 +282,20 @@ def _sample_vllm(model_name: str, adapter_dir: Path | None, jobs: list[_Job], se
         ) from None
     path = resolve_model(model_name)
     tok = load_tokenizer(model_name, padding_side="left")
+    kwargs = resolve_kwargs(tok, settings.chat_template_kwargs)
     lora, reference = None, None
     engine_args: dict = {"model": path, "seed": settings.seed, "dtype": "bfloat16"}
     if adapter_dir is not None:
         config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
         engine_args.update(enable_lora=True, max_lora_rank=_vllm_rank(config))
         lora = LoRARequest("adapter", 1, str(adapter_dir))
-        reference = _peft_prompt_logprobs(model_name, adapter_dir, tok, _probe(tok, jobs))
+        reference = _peft_prompt_logprobs(model_name, adapter_dir, tok, _probe(tok, jobs, kwargs))
     llm = vllm.LLM(**engine_args)
     if reference is not None:
         _check_vllm(llm, lora, tok, reference, adapter_dir)
-    prompts = [_prompt(tok, j.question, j.question.paraphrases[j.paraphrase_index]) for j in jobs]
+    texts = [_job_prompt(tok, j, kwargs) for j in jobs]
+    # token ids, as the HF path encodes them: vLLM would add a second BOS to a rendered Llama/Gemma prompt
+    prompts = [{"prompt_token_ids": ids} for ids in tok(texts, add_special_tokens=False)["input_ids"]]
     params = [
         vllm.SamplingParams(
             temperature=j.temperature, top_p=settings.top_p, max_tokens=settings.max_new_tokens, seed=settings.seed + i
@@ -279,16 +303,7 @@ def _sample_vllm(model_name: str, adapter_dir: Path | None, jobs: list[_Job], se
         for i, j in enumerate(jobs)
     ]
     outputs = llm.generate(prompts, params, lora_request=lora)
-    return [
-        Sample(
-            j.question.id,
-            j.paraphrase_index,
-            j.question.paraphrases[j.paraphrase_index],
-            j.sample,
-            o.outputs[0].text.strip(),
-        )
-        for j, o in zip(jobs, outputs)
-    ]
+    return [_sample(j, text, o.outputs[0].text, kwargs) for j, text, o in zip(jobs, texts, outputs)]
 
 
 def _vllm_rank(adapter_config: dict) -> int:

@@ -13,6 +13,14 @@ buf <- lerp(buf, g, 1 - momentum), nesterov update lerp(g, buf, momentum), NS in
 dividing each matrix by its Frobenius norm (clamped at eps), decoupled weight decay with the
 unadjusted lr, then p -= adjust_lr(lr, shape) * NS(update). The class subclasses torch.optim.Muon,
 so constructor checks, defaults, state layout (`momentum_buffer`) and state_dicts are shared.
+
+MoE experts: a LoRA factor on fused experts holds E experts' factors in one (E*r, d_in) or
+(d_out, E*r) parameter (evilspectra.experts). A param group with `num_experts` > 1 and
+`expert_factor` "A" or "B" is stepped one expert at a time: parameter, gradient and momentum buffer
+are split into E per-expert views (sharing storage) before the update, so each expert's factor is
+orthogonalised on its own and `adjust_lr_fn` (match_rms_adamw) sees the per-expert shape. Momentum
+and weight decay are elementwise, so the views change nothing else. `ExpertMuon` is torch.optim.Muon
+with that split (torch's own functional update on the views); `BatchedMuon` batches the views by shape.
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
-from torch.optim._muon import _adjust_lr
+from torch.optim._muon import _adjust_lr, muon
+
+from evilspectra.experts import expert_views
 
 
 def batched_newton_schulz(
@@ -65,7 +75,7 @@ class BatchedMuon(torch.optim.Muon):
             params, grads, bufs = [], [], []
             self._init_group(group, params, grads, bufs)
             if params:
-                self._group_step(group, params, grads, bufs)
+                self._group_step(group, *split_experts(group, params, grads, bufs))
         return loss
 
     def _group_step(self, group: dict, params: list, grads: list, bufs: list) -> None:
@@ -95,6 +105,46 @@ class BatchedMuon(torch.optim.Muon):
                 target[1].append(_unwide(ortho[j], params[i]))
             for adjusted, (ps, us) in by_lr.items():
                 torch._foreach_add_(ps, us, alpha=-adjusted)
+
+
+def split_experts(group: dict, *tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], ...]:
+    """Each list of tensors (params, grads, buffers) with every fused expert factor replaced by its
+    per-expert views, in the same order across lists; unchanged for a group without `num_experts`."""
+    n, factor = group.get("num_experts", 1), group.get("expert_factor")
+    if n == 1:
+        return tensors
+    return tuple([view for t in ts for view in expert_views(t, factor, n)] for ts in tensors)
+
+
+class ExpertMuon(torch.optim.Muon):
+    """torch.optim.Muon that steps fused expert factors one expert at a time (registry name `muon`
+    on a model with LoRA on fused MoE experts); dense groups are stepped exactly as torch does."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, bufs = [], [], []
+            has_complex = self._init_group(group, params, grads, bufs)
+            params, grads, bufs = split_experts(group, params, grads, bufs)
+            muon(
+                params,
+                grads,
+                bufs,
+                lr=group["lr"],
+                weight_decay=group["weight_decay"],
+                momentum=group["momentum"],
+                nesterov=group["nesterov"],
+                ns_coefficients=group["ns_coefficients"],
+                eps=group["eps"],
+                ns_steps=group["ns_steps"],
+                adjust_lr_fn=group["adjust_lr_fn"],
+                has_complex=has_complex,
+            )
+        return loss
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
