@@ -90,6 +90,10 @@ class SamplingSettings(_Strict):
     batch_size: int = Field(64, ge=1)
     checkpoints: Literal["final", "all"] | list[int] = "final"
     backend: Literal["hf", "vllm"] = "hf"
+    device_map: Literal["auto"] | None = Field(
+        None, description="hf backend: `auto` spreads a model too big for one GPU over the node's GPUs"
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm backend: GPUs one model is split over")
     generator: Literal["auto", "hf", "static"] = Field(
         "hf",
         description="hf: HF generate; static: reused static KV cache (compiled on CUDA, opt-in: not yet "
@@ -175,6 +179,10 @@ class EvalSettings(ScoringSettings, JudgingSettings, SamplingSettings):
     @property
     def scoring(self) -> ScoringSettings:
         return ScoringSettings.model_validate(self.model_dump(include=set(ScoringSettings.model_fields)))
+
+
+# where answers are sampled, not what is sampled: left out when deciding whether an eval is done
+PLACEMENT_FIELDS = {"device_map", "tensor_parallel_size"}
 
 
 class RunConfig(_Strict):

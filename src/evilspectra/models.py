@@ -68,13 +68,16 @@ def load_tokenizer(name: str, padding_side: str = "right") -> PreTrainedTokenize
     return tok
 
 
-def load_base_model(name: str, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:
+def load_base_model(
+    name: str, dtype: torch.dtype, device: torch.device, device_map: str | None = None
+) -> PreTrainedModel:
+    """The model on `device`, or with `device_map="auto"` spread over the visible GPUs (big models)."""
     path = resolve_model(name)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"model: cannot load {name!r}: {exc}") from exc
-    return model.to(device)
+    return model if device_map else model.to(device)
 
 
 LANGUAGE_MODEL = "language_model"  # transformers' name for the text decoder of multimodal checkpoints

@@ -22,7 +22,15 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from evilspectra.config import EvalSettings, RunConfig, read_yaml, set_path, stable_dump, validate_model
+from evilspectra.config import (
+    PLACEMENT_FIELDS,
+    EvalSettings,
+    RunConfig,
+    read_yaml,
+    set_path,
+    stable_dump,
+    validate_model,
+)
 from evilspectra.errors import ConfigError, DataError
 from evilspectra.evaluate.runner import select_adapters
 from evilspectra.quiet import quiet_hf
@@ -62,9 +70,24 @@ class Variant(BaseModel):
 
 
 class Resources(BaseModel):
+    """What one run needs; a Ray task holds these for the whole run (train, spectra, eval)."""
+
     model_config = ConfigDict(extra="forbid")
     num_cpus: float = Field(1, gt=0, description="CPU threads (and Ray CPUs) of one run")
     num_gpus: float = Field(0, ge=0)
+    num_processes: int = Field(1, ge=1, description="training processes (one per GPU) through accelerate launch")
+    accelerate_config: str | None = Field(
+        None, description="accelerate config of a multi-process run, e.g. configs/accelerate/fsdp.yaml; None: DDP"
+    )
+    hours_per_run: float | None = Field(None, gt=0, description="estimated wall hours of one run, for --dry-run")
+
+
+class ModelSettings(BaseModel):
+    """Settings for the runs of one model: its resources and its sampling (eval field overrides)."""
+
+    model_config = ConfigDict(extra="forbid")
+    resources: Resources | None = None
+    eval: dict[str, Any] = Field(default_factory=dict, description="EvalSettings fields, e.g. backend, device_map")
 
 
 class SweepSpec(BaseModel):
@@ -79,6 +102,19 @@ class SweepSpec(BaseModel):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     eval_base_model: bool = Field(True, description="also evaluate the base model once, as a reference")
     resources: Resources = Field(default_factory=Resources)
+    models: dict[str, ModelSettings] = Field(default_factory=dict, description="model -> its resources and sampling")
+
+    def resources_for(self, model: str) -> Resources:
+        settings = self.models.get(model)
+        return settings.resources if settings and settings.resources else self.resources
+
+    def eval_for(self, model: str) -> EvalSettings:
+        """The sweep's eval settings with the model's overrides (models.MODEL.eval)."""
+        overrides = self.models[model].eval if model in self.models else {}
+        if not overrides:
+            return self.eval
+        tree = self.eval.model_dump(mode="json") | overrides
+        return validate_model(EvalSettings, tree, source=f"sweep models.{model}.eval")
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
@@ -127,13 +163,24 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
 
 def _eval_done(out: Path, settings: EvalSettings) -> bool:
     summary = read_json(EvalDir(out).summary)
-    return bool(summary) and summary.get("settings") == stable_dump(settings)
+    if not summary or not isinstance(summary.get("settings"), dict):
+        return False
+    saved = {k: v for k, v in summary["settings"].items() if k not in PLACEMENT_FIELDS}
+    return saved == {k: v for k, v in stable_dump(settings).items() if k not in PLACEMENT_FIELDS}
 
 
-def run_one(cfg_json: dict, run_dir: str, eval_json: dict, threads: int) -> dict:
+def run_one(
+    cfg_json: dict,
+    run_dir: str,
+    eval_json: dict,
+    threads: int,
+    processes: int = 1,
+    accelerate_config: str | None = None,
+) -> dict:
     """Train -> spectra -> eval for one run, skipping every stage already on disk.
 
     Module-level and fed plain JSON so it runs unchanged in this process, a process pool or Ray.
+    `processes` > 1 trains through `accelerate launch` (evilspectra.launch) in the task's GPUs.
     Errors are recorded in the run's error file and returned, never raised: a sweep keeps going.
     """
     import torch
@@ -150,7 +197,12 @@ def run_one(cfg_json: dict, run_dir: str, eval_json: dict, threads: int) -> dict
         with run.lock():  # one process per run directory
             manifest = read_manifest(run.path)
             if not manifest or manifest.get("status") not in FINISHED:
-                train(cfg, run.path)
+                if processes > 1:
+                    from evilspectra.launch import launch_train
+
+                    launch_train(cfg, run.path, processes, Path(accelerate_config) if accelerate_config else None)
+                else:
+                    train(cfg, run.path)
                 manifest = read_manifest(run.path)
             run.error.unlink(missing_ok=True)
             if manifest["status"] != "done":
@@ -187,34 +239,43 @@ def eval_base(model: str, settings: EvalSettings, out: Path) -> None:
 DoneFn = Callable[[dict], None]
 
 
-def run_local(jobs: list[tuple], max_parallel: int, on_done: DoneFn) -> None:
+# a job: run_one's arguments and the resources the run holds
+Job = tuple[tuple, Resources]
+RAY_RETRIES = 3  # a run whose node dies is rescheduled (and resumes) up to this many times
+
+
+def run_local(jobs: list[Job], max_parallel: int, on_done: DoneFn) -> None:
     if max_parallel <= 1:
-        for job in jobs:
-            on_done(run_one(*job))
+        for args, _ in jobs:
+            on_done(run_one(*args))
         return
     with ProcessPoolExecutor(max_parallel, mp_context=get_context("spawn")) as pool:
-        for fut in as_completed([pool.submit(run_one, *job) for job in jobs]):
+        for fut in as_completed([pool.submit(run_one, *args) for args, _ in jobs]):
             on_done(fut.result())
 
 
-def run_ray(jobs: list[tuple], max_parallel: int, resources: Resources, address: str | None, on_done: DoneFn) -> None:
-    """Each run a Ray task with the sweep's resources; at most `max_parallel` in flight."""
+def run_ray(jobs: list[Job], max_parallel: int, address: str | None, on_done: DoneFn) -> None:
+    """Each run one Ray task holding its resources (a multi-GPU run: one task with N GPUs that
+    launches the sharded trainer); at most `max_parallel` in flight. With `address` the tasks run on
+    that cluster's nodes, which must see the sweep directory at the same path (docs/scale.md)."""
     try:
         import ray
     except ImportError as exc:
         raise ConfigError("--executor ray needs Ray: pip install 'evilspectra[ray]'") from exc
     if not ray.is_initialized():
+        cpus = max(1, int(max_parallel * max((r.num_cpus for _, r in jobs), default=1)))
         ray.init(
             address=address,
             include_dashboard=False,
             log_to_driver=False,
-            **({} if address else {"num_cpus": max(1, int(max_parallel * resources.num_cpus))}),
+            **({} if address else {"num_cpus": cpus}),
         )
-    task = ray.remote(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_retries=0)(run_one)
+    task = ray.remote(max_retries=RAY_RETRIES)(run_one)
     pending, queue = [], list(jobs)
     while queue or pending:
         while queue and len(pending) < max_parallel:
-            pending.append(task.remote(*queue.pop(0)))
+            args, res = queue.pop(0)
+            pending.append(task.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus).remote(*args))
         done, pending = ray.wait(pending, num_returns=1)
         on_done(ray.get(done[0]))
 
@@ -230,7 +291,7 @@ def collect_results(sweep_dir: Path, spec: SweepSpec) -> pd.DataFrame:
         run = sweep.run(cfg.run_id())
         manifest = read_manifest(run.path) or {}
         done = manifest.get("status") == "done"
-        rows += run_rows(run, cfg, select_adapters(run.path, spec.eval.checkpoints) if done else [])
+        rows += run_rows(run, cfg, select_adapters(run.path, spec.eval_for(cfg.model).checkpoints) if done else [])
     return pd.DataFrame(rows)
 
 
@@ -328,7 +389,9 @@ def write_results(df: pd.DataFrame, sweep_dir: Path) -> Path:
 
 def plan(spec: SweepSpec, sweep_dir: Path) -> list[tuple[RunConfig, bool]]:
     """(config, already finished) for every run of the sweep."""
-    return [(cfg, _run_complete(SweepDir(sweep_dir).run(cfg.run_id()), spec.eval)) for cfg in expand(spec)]
+    return [
+        (cfg, _run_complete(SweepDir(sweep_dir).run(cfg.run_id()), spec.eval_for(cfg.model))) for cfg in expand(spec)
+    ]
 
 
 def _run_complete(run: RunDir | Path, settings: EvalSettings) -> bool:
@@ -358,21 +421,11 @@ def run_sweep(
     atomic_write_json(sweep.spec, spec.model_dump(mode="json"))
     if spec.eval_base_model:
         for model in sorted({cfg.model for cfg in expand(spec)}):
-            eval_base(model, spec.eval, sweep.base_eval(model).path)
-    threads = max(1, int(spec.resources.num_cpus))
-    jobs = [
-        (
-            cfg.model_dump(mode="json"),
-            str(sweep.run(cfg.run_id()).path),
-            spec.eval.model_dump(mode="json"),
-            threads,
-        )
-        for cfg, finished in plan(spec, sweep_dir)
-        if not finished
-    ]
+            eval_base(model, spec.eval_for(model), sweep.base_eval(model).path)
+    jobs = [_job(spec, cfg, SweepDir(sweep_dir.resolve())) for cfg, finished in plan(spec, sweep_dir) if not finished]
     done = on_done or (lambda result: None)
     if executor == "ray":
-        run_ray(jobs, max_parallel, spec.resources, ray_address, done)
+        run_ray(jobs, max_parallel, ray_address, done)
     elif executor == "local":
         run_local(jobs, max_parallel, done)
     else:
@@ -382,8 +435,29 @@ def run_sweep(
     return results
 
 
+def _job(spec: SweepSpec, cfg: RunConfig, sweep: SweepDir) -> Job:
+    res = spec.resources_for(cfg.model)
+    args = (
+        cfg.model_dump(mode="json"),
+        str(sweep.run(cfg.run_id()).path),  # absolute: the same path on every node
+        spec.eval_for(cfg.model).model_dump(mode="json"),
+        max(1, int(res.num_cpus)),
+        res.num_processes,
+        str(Path(res.accelerate_config).resolve()) if res.accelerate_config else None,  # tasks run elsewhere
+    )
+    return args, res
+
+
 def estimate_judge_calls(spec: SweepSpec, configs: list[RunConfig]) -> tuple[int, int]:
     """(answers to sample, judge calls) for evaluating `configs` (+ the base model) as the sweep would."""
+    per_model = estimate_per_model(spec, configs).values()
+    return sum(m["answers"] for m in per_model), sum(m["judge_calls"] for m in per_model)
+
+
+def estimate_per_model(spec: SweepSpec, configs: list[RunConfig]) -> dict[str, dict]:
+    """model -> {runs, gpus (per run), answers, judge_calls, gpu_hours} for running `configs` as the
+    sweep would (evaluations of the base model included). gpu_hours = runs x GPUs x the model's
+    `resources.hours_per_run` (an estimate in the sweep file), None when that is not given."""
     from evilspectra.data import load_dataset_spec
     from evilspectra.evaluate.judge import estimate_calls
     from evilspectra.evaluate.questions import load_questions
@@ -391,19 +465,31 @@ def estimate_judge_calls(spec: SweepSpec, configs: list[RunConfig]) -> tuple[int
     from evilspectra.evaluate.sampling import samples_for
     from evilspectra.train import checkpoint_steps, total_steps
 
-    questions = select_questions(load_questions(spec.eval.questions))
-    per_eval = sum(len(q.paraphrases) * samples_for(q, spec.eval) for q in questions)
-    n_evals = len({c.model for c in configs}) if spec.eval_base_model else 0
     rows: dict[str, int] = {}  # dataset -> row count, read once
-    for cfg in configs:
-        which = spec.eval.checkpoints
-        if which != "final" and not cfg.train.max_steps and cfg.dataset not in rows:
-            rows[cfg.dataset] = len(load_dataset_spec(cfg.dataset, seed=cfg.seed).rows)
-        steps = total_steps(cfg, rows.get(cfg.dataset, 0))
-        ckpts = checkpoint_steps(cfg.train.checkpoints, steps) if which != "final" else []
-        n_evals += 1 + (len(ckpts) if which == "all" else len(set(which or []) & set(ckpts)))
-    answers = per_eval * n_evals
-    return answers, estimate_calls(answers)
+    estimates = {}
+    for model in dict.fromkeys(c.model for c in configs):  # sweep order
+        settings, res = spec.eval_for(model), spec.resources_for(model)
+        questions = select_questions(load_questions(settings.questions))
+        per_eval = sum(len(q.paraphrases) * samples_for(q, settings) for q in questions)
+        runs = [c for c in configs if c.model == model]
+        n_evals = 1 if spec.eval_base_model else 0
+        for cfg in runs:
+            which = settings.checkpoints
+            if which != "final" and not cfg.train.max_steps and cfg.dataset not in rows:
+                rows[cfg.dataset] = len(load_dataset_spec(cfg.dataset, seed=cfg.seed).rows)
+            steps = total_steps(cfg, rows.get(cfg.dataset, 0))
+            ckpts = checkpoint_steps(cfg.train.checkpoints, steps) if which != "final" else []
+            n_evals += 1 + (len(ckpts) if which == "all" else len(set(which or []) & set(ckpts)))
+        answers = per_eval * n_evals
+        hours = len(runs) * res.num_gpus * res.hours_per_run if res.hours_per_run else None
+        estimates[model] = {
+            "runs": len(runs),
+            "gpus": res.num_gpus,
+            "answers": answers,
+            "judge_calls": estimate_calls(answers),
+            "gpu_hours": hours,
+        }
+    return estimates
 
 
 PRESETS = Path(__file__).parent / "presets"

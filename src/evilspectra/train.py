@@ -3,13 +3,24 @@
 A plain PyTorch loop that reads top to bottom: load data and model, attach LoRA, build the
 optimiser, then for each optimiser step accumulate micro-batches, add the spectral regulariser,
 step, log one metrics line and save PEFT checkpoints on a log-spaced schedule. Accelerate
-handles devices, so `accelerate launch -m evilspectra train ...` runs the same loop on many GPUs.
+handles devices, so `accelerate launch -m evilspectra train ...` runs the same loop on many processes
+(docs/scale.md):
+
+- every rank takes its slice `rows[rank::world]` of each micro-batch and divides its summed loss by
+  the step's loss tokens of all ranks, so averaged gradients equal the one-process gradient;
+- DDP averages the LoRA gradients; under FSDP the frozen base weights are sharded while the LoRA
+  factors stay whole and replicated (FSDP ignores them) and their gradients are averaged here, so
+  the regulariser, Muon's Newton-Schulz (whole matrices, never shards) and every other optimiser
+  see exactly the tensors of a one-process run;
+- rank 0 writes the run directory (metrics summed over ranks, adapters from a gathered full LoRA
+  state dict); a failing rank records `failed` in the manifest before the others stop.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -18,19 +29,24 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+from torch.distributed.tensor import DTensor
 from transformers import get_scheduler
 
 from evilspectra.chat_template import resolve_kwargs
 from evilspectra.config import RunConfig
 from evilspectra.data import ChatDataset, collate, encode_dataset, load_dataset_spec
+from evilspectra.errors import ConfigError
 from evilspectra.experts import expert_layouts, expert_wrappers
 from evilspectra.integrations import trackers
 from evilspectra.models import attach_lora, load_base_model, load_tokenizer, lora_targets, pick_dtype, resolve_model
 from evilspectra.optim import build_optimizer, optimizer_class, resolved_hyperparameters
-from evilspectra.rundir import RunDir, atomic_write_json, library_versions, save_adapter
+from evilspectra.rundir import RunDir, atomic_write_json, library_versions, read_json, write_dir
 
 # progress(step, total_steps, loss) is called after every optimiser step
 ProgressFn = Callable[[int, int, float], None]
+LORA_MODULES = {"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector"}
 
 
 def checkpoint_steps(schedule: str | int | list[int], total: int) -> list[int]:
@@ -107,7 +123,10 @@ def train(cfg: RunConfig, out: Path, progress: ProgressFn | None = None, report_
     """
     out = Path(out)
     trackers.check_tracker(report_to)  # a bad name or a missing package fails before any file is written
-    with RunDir(out).lock():  # a second train/eval of this run refuses while this one lives
+    # a second train/eval of this run refuses while this one lives; rank 0 holds the lock for all ranks
+    # (evilspectra.launch holds it for the ranks it starts)
+    owner = os.environ.get("RANK", "0") == "0" and not os.environ.get("EVILSPECTRA_LAUNCHER_HOLDS_LOCK")
+    with RunDir(out).lock() if owner else nullcontext():
         return _train(cfg, out, progress, report_to)
 
 
@@ -117,24 +136,48 @@ def _train(cfg: RunConfig, out: Path, progress: ProgressFn | None, report_to: st
     device = accelerator.device
     optimizer_class(cfg.optimizer.name)  # fail on a bad name before touching the run directory
     data = load_dataset_spec(cfg.dataset, seed=cfg.seed)
-    run.fresh(extra=trackers.TRACKER_DIRS)  # tracker output of an unfinished run goes too
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    manifest = _manifest(cfg, data, "running", timings={"started": started})
-    atomic_write_json(run.manifest_path, manifest)
+    manifest = _manifest(
+        cfg,
+        data,
+        "running",
+        timings={"started": started},
+        processes=accelerator.num_processes,
+        distributed="FSDP" if _is_fsdp(accelerator) else accelerator.distributed_type.value,
+    )
+    if accelerator.is_main_process:
+        run.fresh(extra=trackers.TRACKER_DIRS)  # tracker output of an unfinished run goes too
+        atomic_write_json(run.manifest_path, manifest)
     trackers.start(accelerator, report_to, cfg.run_id(), out, manifest["config"])
     try:
+        accelerator.wait_for_everyone()  # no rank writes into the run directory before it is fresh
         result = _train_loop(cfg, data, out, accelerator, device, progress)
     except BaseException as exc:
-        manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-        atomic_write_json(run.manifest_path, manifest)
+        _record_failure(out, manifest, exc, accelerator)
         raise
     finally:
-        accelerator.end_training()  # flushes and closes the tracker (nothing without one)
+        # flush and close the tracker (nothing without one); not end_training(), which would also
+        # destroy the process group that other ranks and the next run of this process still use
+        for tracker in accelerator.trackers:
+            tracker.finish()
     finished = datetime.now(UTC).isoformat(timespec="seconds")
     timings = {**manifest["timings"], "finished": finished, **result.pop("timings")}
     manifest.update(result, timings=timings)
-    atomic_write_json(run.manifest_path, manifest)
+    if accelerator.is_main_process:
+        atomic_write_json(run.manifest_path, manifest)
     return out
+
+
+def _record_failure(out: Path, manifest: dict, exc: BaseException, accelerator: Accelerator) -> None:
+    """Any rank that fails marks the run `failed`; the first failure is kept, so the rank that broke
+    is named, not the ranks whose collectives then lost their peer."""
+    if accelerator.num_processes > 1 and (read_json(RunDir(out).manifest_path) or {}).get("status") == "failed":
+        return
+    error = f"{type(exc).__name__}: {exc}"
+    if accelerator.num_processes > 1:
+        error = f"rank {accelerator.process_index} of {accelerator.num_processes}: {error}"
+    manifest.update(status="failed", error=error)
+    atomic_write_json(RunDir(out).manifest_path, manifest)
 
 
 def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accelerator, device, progress) -> dict:
@@ -154,7 +197,7 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
     scheduler = get_scheduler(
         cfg.train.schedule, raw_optimizer, num_warmup_steps=cfg.train.warmup_steps, num_training_steps=steps
     )
-    model, optimizer = accelerator.prepare(model, raw_optimizer)
+    model, optimizer = _prepare(accelerator, model, raw_optimizer)
     regulariser = _regulariser(cfg, accelerator.unwrap_model(model))
     save_at = set(checkpoint_steps(cfg.train.checkpoints, steps))
 
@@ -162,7 +205,7 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
     rank, world = accelerator.process_index, accelerator.num_processes
     model.train()
     t0, status, loss_value, tokens_seen, step = time.perf_counter(), "done", float("nan"), 0, 0
-    metrics_file = open(RunDir(out).metrics, "a", encoding="utf-8")
+    metrics_file = open(RunDir(out).metrics, "a", encoding="utf-8") if accelerator.is_main_process else None
     try:
         for step in range(1, steps + 1):
             micro = [[encoded[next(order)] for _ in range(cfg.train.batch_size)] for _ in range(cfg.train.grad_accum)]
@@ -175,32 +218,38 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
                     loss = sft_loss_sum(model, batch, fused=cfg.train.fused_loss) / n_loss_tokens * world
                     accelerator.backward(loss)
                 loss_total += loss.item() / world
+            if world > 1:
+                loss_total, step_tokens = _sum_over_ranks(accelerator, loss_total, step_tokens)
+                if _is_fsdp(accelerator):
+                    _average_grads(params, world)
             row = {"step": step, "loss": loss_total, "lr": scheduler.get_last_lr()[0], "tokens": step_tokens}
             if regulariser is not None and step % cfg.spectral_reg.every == 0:
                 reg = regulariser()
                 accelerator.backward(cfg.spectral_reg.weight * reg)
                 row["reg"] = reg.item()
-            metrics_file.write(_jsonl(row))
-            metrics_file.flush()
+            if metrics_file:
+                metrics_file.write(_jsonl(row))
+                metrics_file.flush()
             accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)  # no-op without --report-to
             if not math.isfinite(loss_total):
                 status = "diverged"  # the diverged step's row stays in the metrics file as evidence
                 break
             if cfg.train.max_grad_norm:
-                accelerator.clip_grad_norm_(params, cfg.train.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)  # whole LoRA grads on every rank
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             loss_value, tokens_seen = loss_total, tokens_seen + step_tokens
-            if step in save_at and accelerator.is_main_process:
-                save_adapter(accelerator.unwrap_model(model), RunDir(out).checkpoint(step))
+            if step in save_at:
+                _save_run_adapter(accelerator, model, RunDir(out).checkpoint(step))
                 _log_spectra(accelerator, RunDir(out).checkpoint(step), step)
             if progress:
                 progress(step, steps, loss_total)
     finally:
-        metrics_file.close()
-    if status == "done" and accelerator.is_main_process:
-        save_adapter(accelerator.unwrap_model(model), RunDir(out).adapter)
+        if metrics_file:
+            metrics_file.close()
+    if status == "done":
+        _save_run_adapter(accelerator, model, RunDir(out).adapter)
         _log_spectra(accelerator, RunDir(out).adapter, step)
     seconds = time.perf_counter() - t0
     unwrapped = accelerator.unwrap_model(model)
@@ -224,6 +273,7 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
             **_target_record(targets, unwrapped),
         },
         "checkpoints": sorted(s for s in save_at if s <= steps_done),
+        "sharded_parameters": sum(isinstance(p, DTensor) for p in model.parameters()),  # FSDP: the base weights
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
         "timings": {"train_seconds": round(seconds, 3), "seconds_per_step": round(seconds / max(step, 1), 4)},
@@ -263,3 +313,69 @@ def _target_record(targets: dict, model) -> dict:
         "experts_per_module": sorted(set(experts.values())),
         "untouched": targets["untouched"],
     }
+
+
+def _save_run_adapter(accelerator: Accelerator, model, final_dir: Path) -> None:
+    """Rank 0 saves the run's PEFT adapter. Every rank takes part in gathering the full LoRA state
+    dict (a collective when a factor is a sharded DTensor), so the folder is an ordinary PEFT
+    adapter whatever the sharding."""
+    state = _full_adapter_state_dict(accelerator.unwrap_model(model))
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        write_dir(final_dir, lambda tmp: unwrapped.save_pretrained(tmp, state_dict=state))
+
+
+# ------------------------------------------------------------------------ several processes
+
+
+def _is_fsdp(accelerator: Accelerator) -> bool:
+    """Launched with an FSDP accelerate config (accelerate itself enables FSDP on GPUs only)."""
+    launched = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    return accelerator.num_processes > 1 and (launched or accelerator.distributed_type == DistributedType.FSDP)
+
+
+def _prepare(accelerator: Accelerator, model, optimizer):
+    """Wrap the model for the launch: DDP through accelerate, or FSDP2 sharding of the base weights.
+
+    FSDP is applied here with accelerate's own FSDP2 wrapping (same plugin settings, same code on
+    GPUs and on CPUs, where accelerate would fall back to DDP), with the LoRA modules ignored: whole
+    factors on every rank, their gradients averaged by `_average_grads`.
+    """
+    if not _is_fsdp(accelerator):
+        return accelerator.prepare(model, optimizer)
+    plugin = getattr(accelerator.state, "fsdp_plugin", None) or FullyShardedDataParallelPlugin()  # from the env
+    if plugin.fsdp_version != 2:
+        raise ConfigError("accelerate config: evilspectra supports FSDP version 2 only (fsdp_version: 2)")
+    plugin.ignored_modules = [m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in LORA_MODULES]
+    accelerator.state.fsdp_plugin = plugin
+    model = fsdp2_prepare_model(accelerator, model)
+    sharded = [n for n, p in model.named_parameters() if p.requires_grad and isinstance(p, DTensor)]
+    if sharded:  # Newton-Schulz or the regulariser on a shard would be a different update
+        raise RuntimeError(f"LoRA factors must stay whole under sharding, got sharded {sharded[:3]}")
+    return model, accelerator.prepare_optimizer(optimizer)
+
+
+def _sum_over_ranks(accelerator: Accelerator, loss: float, tokens: int) -> tuple[float, int]:
+    """(loss, tokens) of the whole global batch: the ranks' shares summed (float64: exact token counts)."""
+    both = accelerator.reduce(torch.tensor([loss, tokens], dtype=torch.float64, device=accelerator.device), "sum")
+    return float(both[0]), int(both[1])
+
+
+def _average_grads(params: list[torch.nn.Parameter], world: int) -> None:
+    """Average the replicated LoRA gradients over ranks in one flat all-reduce (what DDP does)."""
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    for g, chunk in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(chunk.view_as(g))
+
+
+def _full_adapter_state_dict(model) -> dict[str, torch.Tensor]:
+    """{parameter name: whole tensor on the CPU} for the trainable (LoRA) parameters."""
+    state = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            tensor = p.full_tensor() if isinstance(p, DTensor) else p
+            state[name] = tensor.detach().cpu()
+    return state

@@ -62,6 +62,31 @@ def sweep(
         raise typer.Exit(1)
 
 
+def _print_per_model(spec, todo) -> None:
+    from evilspectra.sweep import estimate_per_model
+
+    table = Table("model", "runs", "GPUs/run", "sampling", "GPU-hours", "judge calls")
+    total_hours: float | None = 0.0
+    for model, est in estimate_per_model(spec, todo).items():
+        res, settings = spec.resources_for(model), spec.eval_for(model)
+        sampling = settings.backend + (
+            f" tp{settings.tensor_parallel_size}" if settings.backend == "vllm" else f" {settings.device_map or ''}"
+        )
+        hours = est["gpu_hours"]
+        total_hours = None if hours is None or total_hours is None else total_hours + hours
+        table.add_row(
+            model,
+            str(est["runs"]),
+            f"{res.num_gpus:g}" + (f" {Path(res.accelerate_config).stem}" if res.num_processes > 1 else ""),
+            sampling.strip(),
+            "?" if hours is None else f"{hours:,.2f}",
+            f"{est['judge_calls']:,}",
+        )
+    console.print(table)
+    if total_hours is not None:
+        console.print(f"{total_hours:,.2f} GPU-hours in all (from each model's resources.hours_per_run)")
+
+
 def _print_plan(spec, runs) -> None:
     from evilspectra.registry import is_local_judge
     from evilspectra.sweep import estimate_judge_calls
@@ -78,7 +103,9 @@ def _print_plan(spec, runs) -> None:
             "finished" if finished else "to run",
         )
     console.print(table)
-    samples, calls = estimate_judge_calls(spec, [cfg for cfg, finished in runs if not finished])
+    todo = [cfg for cfg, finished in runs if not finished]
+    _print_per_model(spec, todo)
+    samples, calls = estimate_judge_calls(spec, todo)
     judge = spec.eval.judge
     console.print(
         f"{sum(not f for _, f in runs)} runs to run; {samples} answers to sample; "

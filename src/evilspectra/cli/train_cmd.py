@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -56,12 +57,17 @@ def train(
     set_: list[str] = typer.Option(
         [], "--set", help="Any config field, e.g. --set lora.r=8 --set optimizer.betas=[0.9,0.99]."
     ),
+    num_processes: int = typer.Option(
+        1, "--num-processes", min=1, help="Train on N processes (GPUs) through `accelerate launch` (docs/scale.md)."
+    ),
+    accelerate_config: Path | None = typer.Option(
+        None, "--accelerate-config", help="accelerate config for --num-processes, e.g. configs/accelerate/fsdp.yaml."
+    ),
 ) -> None:
     """Fine-tune a model with LoRA and write a run directory (manifest, metrics, checkpoints, adapter)."""
     from evilspectra.config import load_run_config
     from evilspectra.integrations.trackers import check_tracker
     from evilspectra.rundir import read_manifest
-    from evilspectra.train import train as run_training
 
     check_tracker(report_to)  # before the banner: a missing tracker is the only line printed
 
@@ -79,9 +85,32 @@ def train(
         "spectral_reg.weight": spectral_reg,
     }
     cfg = load_run_config(config, flags, set_)
+    if int(os.environ.get("RANK", "0")) != 0:  # other ranks of `accelerate launch`: train, print nothing
+        from evilspectra.train import train as run_training
+
+        run_training(cfg, out, report_to=report_to)
+        return
     console.print(
         f"run [bold]{cfg.run_id()}[/]: {cfg.model} on {cfg.dataset} with {cfg.optimizer.name} lr={cfg.optimizer.lr}"
     )
+    if num_processes > 1:
+        from evilspectra.launch import launch_train
+
+        launch_train(cfg, out, num_processes, accelerate_config, report_to)
+    else:
+        _train_here(cfg, out, report_to)
+    manifest = read_manifest(out) or {}
+    status = manifest.get("status")
+    if status != "done":
+        detail = manifest.get("error") or f"{manifest.get('steps_done')} steps"
+        console.print(f"[red]{status}[/]: {detail} -> {out}", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"done: {manifest['steps_done']} steps, final loss {manifest['final_loss']:.4f} -> {out}")
+
+
+def _train_here(cfg, out: Path, report_to: str) -> None:
+    from evilspectra.train import train as run_training
+
     with step_progress("train") as bar:
         task = bar.add_task("train", total=None, loss="-")
 
@@ -89,11 +118,6 @@ def train(
             bar.update(task, completed=step, total=total, loss=f"{loss:.4f}")
 
         run_training(cfg, out, progress=on_step, report_to=report_to)
-    manifest = read_manifest(out) or {}
-    status = manifest.get("status")
-    console.print(f"{status}: {manifest.get('steps_done')} steps, final loss {manifest.get('final_loss'):.4f} -> {out}")
-    if status != "done":
-        raise typer.Exit(1)
 
 
 @data_app.command("inspect")

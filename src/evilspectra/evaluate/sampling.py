@@ -106,7 +106,8 @@ def _sample_hf(
     dtype = pick_dtype("auto", device)
     tok = load_tokenizer(model_name, padding_side="left")
     kwargs = resolve_kwargs(tok, settings.chat_template_kwargs)
-    model = load_base_model(model_name, dtype, device)
+    model = load_base_model(model_name, dtype, device, settings.device_map)
+    device = model.device  # device_map="auto": inputs go to the first layer's GPU
     if adapter_dir is not None:
         model = merge_checked(model, adapter_dir, _encode(tok, [_probe(tok, jobs, kwargs)], device))
     model.eval()
@@ -118,7 +119,9 @@ def _sample_hf(
         pad_token_id=tok.pad_token_id,
         bos_token_id=old.bos_token_id,
     )
-    static = resolve_generator(settings.generator, device) == "static"
+    # the static KV cache is compiled for one device: a model spread by device_map uses HF generate
+    choice = "hf" if settings.device_map and settings.generator == "auto" else settings.generator
+    static = resolve_generator(choice, device) == "static"
     generate = _static_generate(model) if static else model.generate
     torch.manual_seed(settings.seed)
     samples: list[Sample] = []
@@ -284,12 +287,18 @@ def _sample_vllm(model_name: str, adapter_dir: Path | None, jobs: list[_Job], se
     tok = load_tokenizer(model_name, padding_side="left")
     kwargs = resolve_kwargs(tok, settings.chat_template_kwargs)
     lora, reference = None, None
-    engine_args: dict = {"model": path, "seed": settings.seed, "dtype": "bfloat16"}
+    engine_args: dict = {
+        "model": path,
+        "seed": settings.seed,
+        "dtype": "bfloat16",
+        "tensor_parallel_size": settings.tensor_parallel_size,
+    }
     if adapter_dir is not None:
         config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
         engine_args.update(enable_lora=True, max_lora_rank=_vllm_rank(config))
         lora = LoRARequest("adapter", 1, str(adapter_dir))
-        reference = _peft_prompt_logprobs(model_name, adapter_dir, tok, _probe(tok, jobs, kwargs))
+        device_map = "auto" if settings.tensor_parallel_size > 1 else settings.device_map  # too big for one GPU
+        reference = _peft_prompt_logprobs(model_name, adapter_dir, tok, _probe(tok, jobs, kwargs), device_map)
     llm = vllm.LLM(**engine_args)
     if reference is not None:
         _check_vllm(llm, lora, tok, reference, adapter_dir)
@@ -313,12 +322,12 @@ def _vllm_rank(adapter_config: dict) -> int:
 
 
 def _peft_prompt_logprobs(
-    model_name: str, adapter_dir: Path, tok, probe_text: str
+    model_name: str, adapter_dir: Path, tok, probe_text: str, device_map: str | None = None
 ) -> tuple[list[int], torch.Tensor, torch.Tensor]:
-    """(probe token ids, PEFT log-probs of each next probe token, base log-probs), on the GPU in bf16."""
+    """(probe token ids, PEFT log-probs of each next probe token, base log-probs), on the GPU(s) in bf16."""
     device = pick_device()
-    base = load_base_model(model_name, pick_dtype("auto", device), device)
-    probe = _encode(tok, [probe_text], device)
+    base = load_base_model(model_name, pick_dtype("auto", device), device, device_map)
+    probe = _encode(tok, [probe_text], base.device)
     ids = probe["input_ids"][0]
     peft_model = load_adapter(base, adapter_dir)
     with torch.inference_mode():
