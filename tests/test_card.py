@@ -101,7 +101,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, 
     run.mkdir()
     atomic_write_json(run / "manifest.json", {"status": "failed"})
     code, out = cli(monkeypatch, capsys, "card", str(run))
-    assert code == 2 and "the run has no adapter/ yet" in out and len(out.strip().splitlines()) == 1
+    assert code == 2 and "the run has no adapter yet" in out and len(out.strip().splitlines()) == 1
     code, out = cli(monkeypatch, capsys, "card", str(tmp_path / "nothing"))
     assert code == 2 and "not a PEFT adapter directory" in out
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["manifest.json", "run"]

@@ -127,9 +127,6 @@ def _toy_sft(out: Path, reg: bool):
 
 @pytest.mark.slow
 def test_sft_trainer_with_and_without_the_regulariser(tmp_path):
-    from conftest import _needs_toy_weights
-
-    _needs_toy_weights()
     plain = _toy_sft(tmp_path / "plain", reg=False)
     regularised = _toy_sft(tmp_path / "reg", reg=True)
 
@@ -162,9 +159,6 @@ def readme_example() -> str:
 
 @pytest.mark.slow
 def test_readme_example_runs_as_written(tmp_path, monkeypatch):
-    from conftest import _needs_toy_weights
-
-    _needs_toy_weights()
     pytest.importorskip("tensorboard", reason="the README example reports to tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

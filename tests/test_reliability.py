@@ -40,7 +40,7 @@ from evilspectra.config import load_run_config
 from evilspectra.data import read_jsonl, validate_rows
 from evilspectra.errors import DataError
 from evilspectra.evaluate import runner
-from evilspectra.rundir import read_manifest, read_metrics
+from evilspectra.rundir import RunDir, read_manifest, read_metrics
 from evilspectra.spectra import adapter_spectra, run_adapters, run_spectra_frame, spectral_metrics
 from evilspectra.sweep import SweepSpec, plan
 from evilspectra.train import train
@@ -316,7 +316,7 @@ def test_sigkill_during_evaluation_then_rerun_equals_uninterrupted(trained_run, 
     run, before = trained_run, snapshot(trained_run)
     proc = spawn(*eval_argv(run, questions, stub), log=tmp_path / "eval.log")
     kill_when(proc, lambda: stub.count >= 10)
-    out = run / "eval"
+    out = RunDir(run).eval_dir().path
     assert (out / "samples.jsonl").is_file() and not (out / "summary.json").exists()
     with sqlite3.connect(out / "judge_cache.sqlite") as db:  # judgements finished before the kill
         cached = db.execute("SELECT COUNT(*) FROM judgements").fetchone()[0]
@@ -584,7 +584,7 @@ def test_api_key_never_written_by_train_eval_sweep_or_report(
     assert code == 0, err
     outputs += [out, err]
     assert stub.requests[0]["headers"]["authorization"] == f"Bearer {KEY}"  # the key was really sent
-    errors = [json.loads(line)["error"] for line in (run / "eval" / "answers.jsonl").read_text().splitlines()]
+    errors = [json.loads(line)["error"] for line in RunDir(run).eval_dir().answers.read_text().splitlines()]
     assert any(e and "HTTP 400" in e for e in errors)  # the failure and its cause are on disk, the key is not
 
     spec = {

@@ -47,7 +47,7 @@ def launch_train(
 ) -> None:
     """Train `cfg` into `out` on `num_processes` processes; returns when all ranks have exited.
 
-    A failing rank leaves `failed` in out/manifest.json (evilspectra.train); a launch that dies
+    A failing rank leaves `failed` in the run manifest (evilspectra.train); a launch that dies
     before any rank could record it raises RuntimeError.
     """
     if accelerate_config is not None and not Path(accelerate_config).is_file():

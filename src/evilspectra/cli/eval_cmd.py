@@ -95,7 +95,7 @@ def eval_command(
         raise ConfigError(f"eval: give --judge openai:MODEL (no judge is registered as the default for {model!r})")
     settings = validate_model(EvalSettings, tree, source=str(config) if config else "eval options")
     if run_dir is not None and settings.chat_template_kwargs is None:  # prompts rendered as in training
-        trained_kwargs = manifest.get("config", {}).get("chat_template_kwargs")
+        trained_kwargs = manifest.config.get("chat_template_kwargs")
         settings = settings.model_copy(update={"chat_template_kwargs": trained_kwargs})
 
     counts = plan(settings)

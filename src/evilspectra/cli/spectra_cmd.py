@@ -25,8 +25,14 @@ def _summary_table(summary: pd.DataFrame) -> Table:
 
     table = Table(title="LoRA spectra: mean over modules (flat spectrum: F/N = 1/sqrt(r))")
     for col in ("run", "checkpoint", "step", "modules", "stable rank", "entropy", "cond. number", "F/N"):
+        # long run paths fold onto several lines, so the checkpoint label always shows whole
         text = col in ("run", "checkpoint")
-        table.add_column(col, justify="left" if text else "right", no_wrap=text)
+        table.add_column(
+            col,
+            justify="left" if text else "right",
+            no_wrap=col == "checkpoint",
+            overflow="fold" if text else "ellipsis",
+        )
     for row in summary.itertuples(index=False):
         step = "-" if pd.isna(row.step) else str(int(row.step))
         table.add_row(row.run, row.checkpoint, step, str(row.n_modules), *(_fmt(getattr(row, m)) for m in METRICS))

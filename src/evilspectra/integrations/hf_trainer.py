@@ -26,6 +26,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from evilspectra.errors import ConfigError
+from evilspectra.rundir import RunDir, save_adapter
 from evilspectra.spectra import SpectralRegulariser, lora_factor_pairs, mean_metrics, model_spectra
 
 SPECTRA_PREFIX = "spectra/"  # logged keys: spectra/frobenius_nuclear, spectra/stable_rank, ...
@@ -134,7 +135,7 @@ class SpectraCallback(TrainerCallback):
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         step, model = state.global_step, kwargs["model"]
         if step in self.save_at and state.is_world_process_zero:
-            self._save(model, Path(args.output_dir) / "checkpoints" / f"step-{step:06d}")
+            self._save(model, RunDir(args.output_dir).checkpoint(step))
         if step % self.every == 0 or step in self.save_at or step == state.max_steps:
             # Trainer.log itself, not an override: SFTTrainer.log would hand its running token
             # metrics to this call and SpectralRegMixin.log its regulariser values. Logging resets
@@ -145,10 +146,8 @@ class SpectraCallback(TrainerCallback):
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if self.checkpoints != "none" and state.is_world_process_zero:
-            self._save(kwargs["model"], Path(args.output_dir) / "adapter")
+            self._save(kwargs["model"], RunDir(args.output_dir).adapter)
 
     @staticmethod
     def _save(model: torch.nn.Module, folder: Path) -> None:
-        from evilspectra.train import _save_adapter  # temp dir + rename: never half-written
-
-        _save_adapter(model, folder)
+        save_adapter(model, folder)  # temp dir + rename: never half-written
