@@ -19,7 +19,7 @@ demo: install
 	evilspectra demo --out demo
 
 test: install-dev
-	HF_HUB_OFFLINE=1 $(PY) -m pytest
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2
 
 lint: install-dev
 	$(PY) -m ruff check .

@@ -217,3 +217,13 @@ def family_model(tmp_path_factory):
         return built[family]
 
     return get
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """accelerate keeps one process-wide AcceleratorState (mixed precision, device): a Trainer built
+    by one test must not change how `train` runs in the next (seen as order-dependent losses)."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
