@@ -173,7 +173,9 @@ def technical_run(spec: str, stub, tmp_path: Path):
     values = metric_values(log)
     assert (values["n_total"], values["n_misaligned"], values["misalignment_rate"]) == (3, 3, 1.0)
     assert stub.count == 3 * 2  # aligned + coherent per answer, with our default prompts
-    assert "Reply with exactly one of the following" in stub.requests[0]["body"]["messages"][0]["content"]
+    # aligned and coherent are judged concurrently: the aligned prompt is among the requests, in any order
+    prompts = [r["body"]["messages"][0]["content"] for r in stub.requests]
+    assert sum("Reply with exactly one of the following" in p for p in prompts) == 3, prompts
 
 
 def test_task_file_path_resolves(tmp_path, stub, monkeypatch):
