@@ -202,14 +202,15 @@ print(json.dumps({name: m.value for name, m in log.results.scores[0].metrics.ite
 """
 
 
-@pytest.mark.xfail(
-    reason="exits 1 with empty output in a clean clone whose editable install already declares the entry "
-    "point (passes where the installed copy predates it); cause not yet found",
-    strict=False,
-)
 def test_registered_task_name_resolves_in_a_fresh_process(tmp_path, stub):
     """`inspect eval evilspectra/em`: a fresh interpreter finds the task through the inspect_ai entry
-    point declared in pyproject.toml (put on the path as a dist-info: the installed copy may predate it)."""
+    point declared in pyproject.toml.
+
+    This tree is put on the path as an editable install of `evilspectra` (a dist-info with the
+    declared entry points and PEP 610's `direct_url.json`), first on the path: the installed copy may
+    predate the entry point, and Inspect namespaces the task (`evilspectra/em`) only when the first
+    `evilspectra` distribution on the path is installed or editable; a bare `src/*.egg-info` left by
+    `pip install -e` would otherwise shadow it and the task would register as plain `em`."""
     import os
     import subprocess
     import sys
@@ -217,10 +218,11 @@ def test_registered_task_name_resolves_in_a_fresh_process(tmp_path, stub):
 
     root = Path(__file__).parents[1]
     declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["entry-points"]["inspect_ai"]
-    dist = tmp_path / "site" / "evilspectra_entry-0.dist-info"
+    dist = tmp_path / "site" / "evilspectra-0.dist-info"
     dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: evilspectra-entry\nVersion: 0\n")
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: evilspectra\nVersion: 0\n")
     (dist / "entry_points.txt").write_text("[inspect_ai]\n" + "".join(f"{k} = {v}\n" for k, v in declared.items()))
+    (dist / "direct_url.json").write_text(json.dumps({"url": root.as_uri(), "dir_info": {"editable": True}}))
     args = {
         "questions": str(FIXTURES / "mo_technical.yaml"),
         "judge": "openai:stub-judge",

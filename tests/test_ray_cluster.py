@@ -1,6 +1,6 @@
 """Sweeps on a Ray cluster made with `ray start` (issue 14): a head and a worker node as separate
 processes on this machine; the table equals the local executor's, and a worker node lost mid-sweep
-(its raylet killed) and replaced by a new one costs only the runs it was running.
+(its raylet and workers killed) and replaced by a new one costs only the runs it was running.
 
 The head has no CPUs, so every run is scheduled on a worker node. Every Ray process started here
 is found by the cluster's own temp dir and killed at the end, even when the test fails.
@@ -38,7 +38,7 @@ SPEC = {
         "model": "toy",
         "dataset": "toy:insecure",
         "lora": {"r": 8, "alpha": 16},
-        "train": {"batch_size": 8, "max_steps": 15, "checkpoints": "none"},
+        "train": {"batch_size": 8, "max_steps": 40, "checkpoints": "none"},
     },
     "optimizers": {"adamw": {"lr": 3e-4}, "lion": {"lr": 3e-5}, "muon": {"lr": 1e-4}, "sgd": {"lr": 0.1}},
     "eval": {"questions": "toy", "judge": "toy", "samples": 1, "max_new_tokens": 12},
@@ -77,15 +77,15 @@ class LocalCluster:
                 mine.append(proc)
         return mine
 
-    def kill_raylet(self, node_manager_port: int) -> None:
-        """Kill a worker node's raylet (SIGKILL), then whatever of that node outlives it."""
+    def kill_node(self, node_manager_port: int) -> None:
+        """Lose a worker node as a machine is lost: its raylet and every worker under it SIGKILLed at
+        once (a worker left alive for a moment could finish its run and hide the loss)."""
         flag = f"--node_manager_port={node_manager_port}"
         (raylet,) = [p for p in self.processes() if flag in p.info["cmdline"]]
-        node = [raylet, *raylet.children(recursive=True)]
-        raylet.kill()
-        _, alive = psutil.wait_procs(node, timeout=20)
-        for proc in alive:  # a dead node takes its workers with it
+        node = [*raylet.children(recursive=True), raylet]
+        for proc in node:
             proc.kill()
+        psutil.wait_procs(node, timeout=20)
 
     def __enter__(self) -> LocalCluster:
         return self
@@ -139,7 +139,7 @@ def test_sweep_on_a_ray_cluster_survives_losing_a_worker_node(tmp_path):
             while time.time() < deadline and not _mid_sweep(spec, out):
                 assert driver.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
                 time.sleep(0.2)
-            cluster.kill_raylet(worker)  # the node is lost with a run in flight
+            cluster.kill_node(worker)  # the node is lost with a run in flight
             finished, in_flight = _mid_sweep(spec, out)
             assert finished and in_flight, "the kill should land mid-sweep"
             stamps = _stamps(out, finished)
