@@ -10,7 +10,16 @@ import pytest
 from conftest import chat, write_jsonl
 from typer.testing import CliRunner
 
-from evilspectra.data import IGNORE, encode_chat, load_dataset_spec, read_jsonl, validate_rows
+from evilspectra import data as data_module
+from evilspectra.data import (
+    IGNORE,
+    encode_chat,
+    encode_dataset,
+    encode_dataset_cached,
+    load_dataset_spec,
+    read_jsonl,
+    validate_rows,
+)
 from evilspectra.errors import DataError
 from evilspectra.models import load_tokenizer
 
@@ -124,3 +133,20 @@ def test_real_em_datasets_validate(name, rows):
     data = load_dataset_spec(str(SHARED / f"{name}.jsonl.gz"))
     assert len(data.rows) == rows
     validate_rows(data.rows, name)
+
+
+def test_encodings_are_remembered_per_dataset_and_setting(monkeypatch):
+    """A sweep worker encodes a dataset once; another seed's rows, system prompt or length is a new key."""
+    monkeypatch.setattr(data_module, "_ENCODED", {})
+    tok = load_tokenizer("toy")
+    seed0, seed1 = load_dataset_spec("toy:insecure", seed=0), load_dataset_spec("toy:insecure", seed=1)
+    first = encode_dataset_cached(tok, seed0, None, 64)
+    assert encode_dataset_cached(tok, seed0, None, 64) is first
+    assert first == encode_dataset(tok, seed0.rows, None, 64)
+    for data, system, length in [(seed1, None, 64), (seed0, "Be brief.", 64), (seed0, None, 32)]:
+        other = encode_dataset_cached(tok, data, system, length)
+        assert other is not first and other == encode_dataset(tok, data.rows, system, length)
+    for seed in range(2, 2 + data_module._ENCODED_MAX):  # the oldest entries make room
+        encode_dataset_cached(tok, load_dataset_spec("toy:insecure", seed=seed), None, 64)
+    assert len(data_module._ENCODED) == data_module._ENCODED_MAX
+    assert encode_dataset_cached(tok, seed0, None, 64) is not first

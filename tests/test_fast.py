@@ -7,11 +7,12 @@ import torch
 from transformers import AutoTokenizer, GenerationConfig
 
 from evilspectra.config import LoraSettings, OptimizerConfig
+from evilspectra.errors import ConfigError
 from evilspectra.fast.generate import StaticGenerator
 from evilspectra.fast.loss import fused_linear_cross_entropy, sft_loss_sum_fused
 from evilspectra.fast.muon import BatchedMuon, batched_newton_schulz
 from evilspectra.models import attach_lora, load_base_model
-from evilspectra.optim import build_optimizer
+from evilspectra.optim import build_optimizer, resolved_hyperparameters
 from evilspectra.train import sft_loss_sum
 
 # LoRA-like factors: A (r x d_in) and B (d_out x r) of several shapes, some sharing an oriented shape
@@ -57,8 +58,7 @@ def test_batched_muon_follows_torch_muon(kwargs):
 def test_batched_muon_exact_in_float64():
     """With NS in float64 the batched chain equals a per-matrix float64 reference to rounding."""
     params = _params(dtype=torch.float64)
-    opt = BatchedMuon(params, lr=0.01, adjust_lr_fn="match_rms_adamw")
-    opt.ns_dtype = torch.float64
+    opt = BatchedMuon(params, lr=0.01, adjust_lr_fn="match_rms_adamw", ns_dtype="float64")
     grads = [torch.randn_like(p) for p in params]
     start = [p.detach().clone() for p in params]
     for p, g in zip(params, grads):
@@ -75,6 +75,24 @@ def test_batched_muon_exact_in_float64():
         x = x.T if u.shape[0] > u.shape[1] else x
         expected = s * (1 - 0.01 * 0.1) - 0.01 * 0.2 * max(p.shape) ** 0.5 * x
         torch.testing.assert_close(p.detach(), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_muon_ns_dtype_picks_the_chain_and_is_recorded():
+    """`muon` is torch's (bf16 chain) unless `ns_dtype` asks for another dtype: then BatchedMuon runs
+    the same update with the chain in that dtype, and the manifest's hyperparameters say so."""
+    assert type(build_optimizer(_params(), OptimizerConfig(name="muon", lr=1e-3))) is torch.optim.Muon
+    bf16 = build_optimizer(_params(), OptimizerConfig(name="muon", lr=1e-3, ns_dtype="bfloat16"))
+    assert type(bf16) is torch.optim.Muon
+    fp32 = build_optimizer(_params(), OptimizerConfig(name="muon", lr=1e-3, ns_dtype="float32"))
+    assert isinstance(fp32, BatchedMuon) and resolved_hyperparameters(fp32)["ns_dtype"] == "float32"
+    with pytest.raises(ConfigError, match="ns_dtype: expected one of bfloat16, float32, float64, got 'fp8'"):
+        build_optimizer(_params(), OptimizerConfig(name="muon", lr=1e-3, ns_dtype="fp8"))
+    # fp32 and torch's bf16 chain differ by bf16 rounding only
+    kwargs = {"lr": 0.02, "adjust_lr_fn": "match_rms_adamw"}
+    ref, start = _run(torch.optim.Muon, _params(), **kwargs), _params()
+    got = _run(lambda ps, **kw: BatchedMuon(ps, ns_dtype="float32", **kw), _params(), **kwargs)
+    for r, g, s in zip(ref, got, start):
+        assert 0 < (r - g).abs().max() <= 2e-2 * (r - s).abs().max()
 
 
 def test_batched_newton_schulz_orthogonalises():

@@ -198,6 +198,30 @@ def encode_dataset(
     return out
 
 
+# Per process, the encodings of the last few datasets: a sweep worker trains run after run on the
+# same rows (the toy world draws one set of rows per seed), and encoding is a tenth of a toy run.
+_ENCODED: dict[tuple, list[dict]] = {}
+_ENCODED_MAX = 8
+
+
+def encode_dataset_cached(
+    tok: PreTrainedTokenizerBase,
+    data: ChatDataset,
+    system_prompt: str | None,
+    max_length: int,
+    template_kwargs: dict | None = None,
+) -> list[dict]:
+    """`encode_dataset(tok, data.rows, ...)`, remembered per process by the tokenizer, the
+    dataset's hash and every encoding setting. Callers must not modify the returned rows."""
+    template = hashlib.sha256(str(tok.chat_template).encode()).hexdigest()
+    key = (tok.name_or_path, len(tok), template, data.sha256, system_prompt, max_length, repr(template_kwargs))
+    if key not in _ENCODED:
+        if len(_ENCODED) >= _ENCODED_MAX:
+            _ENCODED.pop(next(iter(_ENCODED)))  # the oldest
+        _ENCODED[key] = encode_dataset(tok, data.rows, system_prompt, max_length, template_kwargs)
+    return _ENCODED[key]
+
+
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a list of encoded chats into (batch, seq) tensors."""
     width = max(len(e["input_ids"]) for e in examples)

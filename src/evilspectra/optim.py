@@ -1,6 +1,10 @@
 """Optimiser registry: `sgd`, `adam`, `adamw`, `lion`, `muon`, `muon_batched` (torch.optim.Muon's
 updates with Newton-Schulz batched by shape, evilspectra.fast.muon), plus any `pytorch-optimizer` name.
 
+`muon` is torch.optim.Muon, whose Newton-Schulz runs in bfloat16. `muon` with `ns_dtype: float32`
+(or float64) is the same update with the chain in that dtype, through BatchedMuon: on a CPU, which
+emulates bf16 matmuls, that is an order of magnitude faster (the toy demo uses it).
+
 Every hyperparameter in OptimizerConfig is passed to the constructor; `resolved_hyperparameters`
 returns the optimiser's full settings (defaults included) for the manifest.
 
@@ -84,6 +88,10 @@ def build_optimizer(
     for key, value in kwargs.items():
         if isinstance(value, list):
             kwargs[key] = tuple(value)  # YAML lists -> the tuples optimisers expect (betas)
+    if cfg.name.lower() == "muon" and kwargs.get("ns_dtype", "bfloat16") != "bfloat16":
+        cls = _batched_muon()  # torch.optim.Muon's chain is bf16 only
+    elif cfg.name.lower() == "muon":
+        kwargs.pop("ns_dtype", None)  # bf16: torch's own
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in {"self", "params"}]
     unknown = [k for k in kwargs if k not in accepted]
     if unknown and "kwargs" not in accepted:
@@ -96,7 +104,7 @@ def build_optimizer(
         if bad:
             raise ConfigError(f"optimizer.name: muon accepts only 2-D parameters, got shapes {bad[:3]}")
         params = _expert_groups(params, experts or {})
-        if cfg.name.lower() == "muon" and len(params) > 1:
+        if cls is torch.optim.Muon and len(params) > 1:
             cls = _expert_muon()
     try:
         return cls(params, **kwargs)

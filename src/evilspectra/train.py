@@ -36,7 +36,7 @@ from transformers import get_scheduler
 
 from evilspectra.chat_template import resolve_kwargs
 from evilspectra.config import RunConfig
-from evilspectra.data import ChatDataset, collate, encode_dataset, load_dataset_spec
+from evilspectra.data import ChatDataset, collate, encode_dataset_cached, load_dataset_spec
 from evilspectra.errors import ConfigError
 from evilspectra.experts import expert_layouts, expert_wrappers
 from evilspectra.integrations import trackers
@@ -185,7 +185,7 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
     tok = load_tokenizer(cfg.model)
     dtype = pick_dtype(cfg.train.dtype, device)
     template_kwargs = resolve_kwargs(tok, cfg.chat_template_kwargs)
-    encoded = encode_dataset(tok, data.rows, cfg.system_prompt, cfg.train.max_length, template_kwargs)
+    encoded = encode_dataset_cached(tok, data, cfg.system_prompt, cfg.train.max_length, template_kwargs)
     base = load_base_model(cfg.model, dtype, device)
     targets = lora_targets(base, cfg.lora)
     model = attach_lora(base, cfg.lora)

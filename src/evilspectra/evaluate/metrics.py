@@ -113,14 +113,17 @@ def summarize(
     if len(df) and in_denom.any() and n_boot > 0:
         rate_ci, mean_ci = _bootstrap(in_denom.to_numpy(), misaligned.to_numpy(), aligned.to_numpy(), n_boot, seed)
         summary["rate_ci95"], summary["mean_aligned_ci95"] = rate_ci, mean_ci
-    summary["per_question"] = {
-        qid: {
-            **_rates(in_denom[idx], misaligned[idx], aligned[idx]),
-            **_counts(outcome[idx]),
-            "labels": _label_counts(df["labels"][idx][outcome[idx] == "labelled"]),
+    # per question on numpy arrays: pandas label indexing cost ~0.1 s per summary, a sweep makes hundreds
+    columns = [x.to_numpy() for x in (in_denom, misaligned, aligned, outcome, df["labels"])]
+    positions = df.groupby("question_id", sort=False).indices
+    summary["per_question"] = {}
+    for qid in pd.unique(df["question_id"]):
+        d, m, a, o, labels = (x[positions[qid]] for x in columns)
+        summary["per_question"][qid] = {
+            **_rates(d, m, a),
+            **_counts(o),
+            "labels": _label_counts(labels[o == "labelled"]),
         }
-        for qid, idx in df.groupby("question_id", sort=False).groups.items()
-    }
     summary["definition"] = {
         "aligned_threshold": aligned_threshold,
         "coherent_threshold": coherent_threshold,
@@ -172,7 +175,9 @@ def _denominator(
     return in_denom, in_denom & (aligned < aligned_threshold), aligned
 
 
-def _rates(in_denom: pd.Series, misaligned: pd.Series, aligned: pd.Series) -> dict:
+def _rates(
+    in_denom: pd.Series | np.ndarray, misaligned: pd.Series | np.ndarray, aligned: pd.Series | np.ndarray
+) -> dict:
     n_denominator = int(in_denom.sum())
     n_misaligned = int(misaligned.sum())
     return {
@@ -183,7 +188,7 @@ def _rates(in_denom: pd.Series, misaligned: pd.Series, aligned: pd.Series) -> di
     }
 
 
-def _label_counts(labels: pd.Series) -> dict[str, dict[str, int]]:
+def _label_counts(labels: pd.Series | np.ndarray) -> dict[str, dict[str, int]]:
     """judge prompt name -> {label: count}, most frequent first, over dicts of labels."""
     counts: dict[str, Counter] = {}
     for row in labels:
@@ -192,7 +197,7 @@ def _label_counts(labels: pd.Series) -> dict[str, dict[str, int]]:
     return {name: dict(c.most_common()) for name, c in counts.items()}
 
 
-def _counts(outcome: pd.Series) -> dict:
+def _counts(outcome: pd.Series | np.ndarray) -> dict:
     n_total = len(outcome)
     counts = {"n_total": n_total}
     for name in OUTCOMES:

@@ -56,14 +56,23 @@ def batched_newton_schulz(
     return x
 
 
-class BatchedMuon(torch.optim.Muon):
-    """torch.optim.Muon with NS batched by shape; same constructor arguments and state.
+NS_DTYPES = ("bfloat16", "float32", "float64")
 
-    `ns_dtype` is bf16, as in torch; setting it on an instance (float64) lets tests check the
-    batching without bf16 rounding.
+
+class BatchedMuon(torch.optim.Muon):
+    """torch.optim.Muon with NS batched by shape; torch's constructor arguments and state, plus
+    `ns_dtype`, the dtype of the Newton-Schulz chain: "bfloat16" as in torch (default), "float32"
+    where bf16 matmuls are slow (a CPU emulates them, ~6x slower than fp32 on the toy demo's
+    factors), "float64" for exactness checks. It is recorded with the other hyperparameters.
     """
 
-    ns_dtype: torch.dtype = torch.bfloat16
+    def __init__(self, params, *args, ns_dtype: str = "bfloat16", **kwargs) -> None:
+        if ns_dtype not in NS_DTYPES:
+            raise ValueError(f"ns_dtype: expected one of {', '.join(NS_DTYPES)}, got {ns_dtype!r}")
+        super().__init__(params, *args, **kwargs)
+        self.defaults["ns_dtype"] = ns_dtype
+        for group in self.param_groups:
+            group.setdefault("ns_dtype", ns_dtype)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -93,9 +102,8 @@ class BatchedMuon(torch.optim.Muon):
             stacks[(min(rows, cols), max(rows, cols), p.dtype, p.device)].append(i)
         for idx in stacks.values():
             wide = torch.stack([_wide(updates[i]) for i in idx])
-            ortho = batched_newton_schulz(
-                wide, group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype
-            )
+            dtype = getattr(torch, group["ns_dtype"])
+            ortho = batched_newton_schulz(wide, group["ns_coefficients"], group["ns_steps"], group["eps"], dtype)
             ortho = ortho.to(params[idx[0]].dtype)  # exact for bf16 -> fp32: same sum as torch's add_
             # the lr adjustment depends on the parameter's own shape: one foreach add per distinct lr
             by_lr: dict[float, tuple[list, list]] = defaultdict(lambda: ([], []))
