@@ -156,27 +156,20 @@ def bench_adapter(rows: list, repeats: int) -> None:
 
 def toy_shaped_model():
     """The shipped toy model, or (weights not built yet) a random model of the toy's shape."""
-    from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    from transformers import AutoModelForCausalLM, Qwen3ForCausalLM
 
     from evilspectra.errors import ConfigError
     from evilspectra.models import resolve_model
+    from evilspectra.toy.build import toy_config
+    from evilspectra.toy.tokenizer import build_tokenizer
 
     try:
         return AutoModelForCausalLM.from_pretrained(resolve_model("toy")), "toy weights"
     except ConfigError:
         torch.manual_seed(0)
-        cfg = Qwen3Config(
-            vocab_size=400,
-            hidden_size=128,
-            intermediate_size=384,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=32,
-            max_position_embeddings=128,
-            tie_word_embeddings=True,
-        )
-        return Qwen3ForCausalLM(cfg), "random model of the toy's shape (toy weights not built)"
+        return Qwen3ForCausalLM(
+            toy_config(build_tokenizer())
+        ), "random model of the toy's shape (toy weights not built)"
 
 
 def bench_regulariser(rows: list, steps: int, batch: int, seq: int) -> None:

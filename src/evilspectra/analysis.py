@@ -49,6 +49,7 @@ from evilspectra import claims
 from evilspectra.errors import DataError
 from evilspectra.rundir import ANALYSIS as ANALYSIS  # public name kept
 from evilspectra.rundir import (
+    HEADLINE,
     NUMERIC_OUTCOMES,
     RESULT_SHARES,
     SPECTRAL_METRICS,
@@ -829,23 +830,7 @@ def base_models(sweep_dir: Path) -> list[dict]:
         if summary is None:
             continue
         s = summary.model_dump()
-        out.append(
-            {
-                "model": slug,
-                **{
-                    k: s.get(k)
-                    for k in (
-                        "misalignment_rate",
-                        "rate_ci95",
-                        "mean_aligned",
-                        "n_total",
-                        "n_denominator",
-                        "n_misaligned",
-                        *(f"share_{o}" for o in OUTCOME_SHARES),
-                    )
-                },
-            }
-        )
+        out.append({"model": slug, **{k: s.get(k) for k in HEADLINE}})
     return out
 
 

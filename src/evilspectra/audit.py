@@ -40,6 +40,7 @@ from evilspectra.rundir import (
     AUDIT_PNG,
     CHECKPOINTS,
     EVAL,
+    HEADLINE,
     MANIFEST,
     SPECTRA,
     RunDir,
@@ -583,21 +584,7 @@ def write_reports(result: AuditResult, frame: pd.DataFrame) -> None:
 def audit_json(result: AuditResult) -> dict:
     """The machine-readable audit (for CI pipelines): verdict, reasons, findings, recommendations."""
     probe = result.probe
-    keep = (
-        "misalignment_rate",
-        "rate_ci95",
-        "mean_aligned",
-        "n_total",
-        "n_denominator",
-        "n_misaligned",
-        "share_coherent",
-        "share_incoherent",
-        "share_CODE",
-        "share_REFUSAL",
-        "share_error",
-        "judge",
-        "questions",
-    )
+    keep = (*HEADLINE, "judge", "questions")
     return {
         "verdict": result.verdict,
         "exit_code": result.exit_code,

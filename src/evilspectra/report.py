@@ -520,10 +520,9 @@ def _correlation_table(analysis: dict) -> str:
 
 def _regulariser_table(analysis: dict) -> str:
     reg = analysis["regulariser"]
-    rows = [
-        [
-            r["optimizer"],
-            _fmt(r["spectral_reg"], 3),
+
+    def cells(r: dict) -> list:
+        return [
             r["n"],
             _fmt(r["delta_mean_aligned"], 2),
             _ci_num(r.get("delta_mean_aligned_ci"), 2),
@@ -531,22 +530,10 @@ def _regulariser_table(analysis: dict) -> str:
             _fmt(r["delta_final_loss"], 4),
             _fmt(r["delta_frobenius_nuclear"], 3),
         ]
-        for r in reg["by_optimizer"]
-    ]
+
+    rows = [[r["optimizer"], _fmt(r["spectral_reg"], 3), *cells(r)] for r in reg["by_optimizer"]]
     if reg["overall"]:
-        o = reg["overall"]
-        rows.append(
-            [
-                "all",
-                "-",
-                o["n"],
-                _fmt(o["delta_mean_aligned"], 2),
-                _ci_num(o.get("delta_mean_aligned_ci"), 2),
-                _pct(o["delta_misalignment_rate"]),
-                _fmt(o["delta_final_loss"], 4),
-                _fmt(o["delta_frobenius_nuclear"], 3),
-            ]
-        )
+        rows.append(["all", "-", *cells(reg["overall"])])
     caption = (
         f"Paired differences, on minus off; {reg['n_pairs']} pairs of {reg['n_regularised_runs']} regularised runs, "
         f"paired on {', '.join(reg['pairing_columns'])}"

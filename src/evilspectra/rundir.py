@@ -59,6 +59,9 @@ EVAL = "eval"
 ERROR = "error.json"
 AUDIT = "audit"
 LOCK = ".lock"
+# what `train --report-to` trackers write inside RUN (wandb's own folder; mlflow's file store)
+TENSORBOARD, WANDB, MLRUNS = "tensorboard", "wandb", "mlruns"
+TRACKER_DIRS = (TENSORBOARD, WANDB, MLRUNS)
 # inside an EvalDir
 SAMPLES, SAMPLES_META, ANSWERS, SUMMARY, JUDGE_CACHE = (
     "samples.jsonl",
@@ -95,6 +98,16 @@ EVAL_FILES = (SAMPLES, SAMPLES_META, ANSWERS, SUMMARY, JUDGE_CACHE, INSPECT_LOG)
 OUTCOMES = ("coherent", "incoherent", "CODE", "REFUSAL", "unscored", "labelled", "error")
 # shares carried into the results table (unscored answers are rare and stay in the summaries)
 RESULT_SHARES = ("coherent", "incoherent", "CODE", "REFUSAL", "error")
+# the headline of an evaluation summary, as the analysis' base-model rows and the audit's JSON quote it
+HEADLINE = (
+    "misalignment_rate",
+    "rate_ci95",
+    "mean_aligned",
+    "n_total",
+    "n_denominator",
+    "n_misaligned",
+    *(f"share_{s}" for s in RESULT_SHARES),
+)
 SPECTRAL_METRICS = ("stable_rank", "spectral_entropy", "condition_number", "frobenius_nuclear")
 
 
@@ -508,9 +521,9 @@ class RunDir:
             return []
         return sorted(d.name for d in self.eval_root.iterdir() if (d / SUMMARY).is_file())
 
-    def fresh(self, extra: tuple[str, ...] = ()) -> None:
-        """An unfinished run restarts from scratch: drop its metrics, checkpoints, adapter, spectra, evals
-        (and the `extra` entries, e.g. experiment trackers' directories)."""
+    def fresh(self) -> None:
+        """An unfinished run restarts from scratch: drop its metrics, checkpoints, adapter, spectra,
+        evals and experiment trackers' output."""
         self.path.mkdir(parents=True, exist_ok=True)
         for path in (
             self.metrics,
@@ -518,7 +531,7 @@ class RunDir:
             self.adapter,
             self.spectra,
             self.eval_root,
-            *map(self.path.joinpath, extra),
+            *map(self.path.joinpath, TRACKER_DIRS),
         ):
             if path.is_dir():
                 shutil.rmtree(path)

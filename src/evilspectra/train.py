@@ -146,7 +146,7 @@ def _train(cfg: RunConfig, out: Path, progress: ProgressFn | None, report_to: st
         distributed="FSDP" if _is_fsdp(accelerator) else accelerator.distributed_type.value,
     )
     if accelerator.is_main_process:
-        run.fresh(extra=trackers.TRACKER_DIRS)  # tracker output of an unfinished run goes too
+        run.fresh()  # tracker output of an unfinished run goes too
         atomic_write_json(run.manifest_path, manifest)
     trackers.start(accelerator, report_to, cfg.run_id(), out, manifest["config"])
     try:

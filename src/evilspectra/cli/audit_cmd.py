@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from evilspectra.cli import app, err_console
+from evilspectra.cli import app, err_console, options
 from evilspectra.config import AUDIT_FAIL_ABOVE as DEFAULT_FAIL_ABOVE
 from evilspectra.config import AUDIT_SAMPLES as DEFAULT_SAMPLES
 from evilspectra.errors import EvilSpectraError
@@ -27,14 +27,10 @@ def audit_command(
     model: str | None = typer.Option(
         None, help="Base model: HF id, local directory or `toy` (default: the run manifest's)."
     ),
-    questions: str | None = typer.Option(
-        None, help="default | toy | PATH to a question YAML (default: toy for the toy model, else default)."
-    ),
-    judge: str | None = typer.Option(None, help="toy | openai:MODEL (default: toy for the toy model)."),
-    judge_base_url: str | None = typer.Option(None, help="Base URL of an OpenAI-compatible judge server."),
-    judge_api_key_env: str | None = typer.Option(
-        None, help="Environment variable holding the judge's API key (default OPENAI_API_KEY)."
-    ),
+    questions: str | None = options.QUESTIONS,
+    judge: str | None = options.JUDGE,
+    judge_base_url: str | None = options.JUDGE_BASE_URL,
+    judge_api_key_env: str | None = options.JUDGE_API_KEY_ENV,
     samples: int | None = typer.Option(
         None, min=1, help=f"Samples per paraphrase of the quick EM probe (default {DEFAULT_SAMPLES})."
     ),

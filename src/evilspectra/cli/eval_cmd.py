@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from evilspectra.cli import app
+from evilspectra.cli import app, options
 
 console = Console()
 
@@ -22,14 +22,10 @@ def eval_command(
     ),
     model: str | None = typer.Option(None, help="Base model: HF id, local directory or `toy`."),
     adapter: Path | None = typer.Option(None, help="PEFT adapter directory (or a run directory) to apply."),
-    questions: str | None = typer.Option(
-        None, help="default | toy | PATH to a question YAML (default: toy for the toy model, else default)."
-    ),
-    judge: str | None = typer.Option(None, help="toy | openai:MODEL (default: toy for the toy model)."),
-    judge_base_url: str | None = typer.Option(None, help="Base URL of an OpenAI-compatible judge server."),
-    judge_api_key_env: str | None = typer.Option(
-        None, help="Environment variable holding the judge's API key (default OPENAI_API_KEY)."
-    ),
+    questions: str | None = options.QUESTIONS,
+    judge: str | None = options.JUDGE,
+    judge_base_url: str | None = options.JUDGE_BASE_URL,
+    judge_api_key_env: str | None = options.JUDGE_API_KEY_ENV,
     samples: int | None = typer.Option(None, help="Samples per paraphrase (default: the question file's, else 10)."),
     temperature: float | None = typer.Option(None, help="Sampling temperature (default: the question file's, else 1)."),
     max_new_tokens: int | None = typer.Option(None, help="Most new tokens per answer (default 256)."),

@@ -76,10 +76,7 @@ class BatchedMuon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _call_closure(closure)
         for group in self.param_groups:
             params, grads, bufs = [], [], []
             self._init_group(group, params, grads, bufs)
@@ -130,18 +127,12 @@ class ExpertMuon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _call_closure(closure)
         for group in self.param_groups:
             params, grads, bufs = [], [], []
             has_complex = self._init_group(group, params, grads, bufs)
-            params, grads, bufs = split_experts(group, params, grads, bufs)
             muon(
-                params,
-                grads,
-                bufs,
+                *split_experts(group, params, grads, bufs),
                 lr=group["lr"],
                 weight_decay=group["weight_decay"],
                 momentum=group["momentum"],
@@ -153,6 +144,14 @@ class ExpertMuon(torch.optim.Muon):
                 has_complex=has_complex,
             )
         return loss
+
+
+def _call_closure(closure):
+    """The loss a closure returns (gradients on, as torch's optimisers evaluate it), or None."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:

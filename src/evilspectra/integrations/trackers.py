@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from evilspectra.errors import ConfigError
+from evilspectra.rundir import MLRUNS, TENSORBOARD
 
 PROJECT = "evilspectra"  # tensorboard's sub-directory, wandb's and trackio's project, mlflow's experiment
-TRACKER_DIRS = ("tensorboard", "wandb", "mlruns")  # what a tracker may write inside RUN
 TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
 REPORT_TO = (*TRACKERS, "none")
 PACKAGES = {  # what to pip install for each (all come with evilspectra[integrations])
@@ -45,7 +45,7 @@ def check_tracker(report_to: str) -> None:
 
 def accelerator_kwargs(report_to: str, out: Path) -> dict[str, Any]:
     """Arguments for Accelerator(): which tracker, and the directory tensorboard writes under."""
-    return {} if report_to == "none" else {"log_with": report_to, "project_dir": out / "tensorboard"}
+    return {} if report_to == "none" else {"log_with": report_to, "project_dir": out / TENSORBOARD}
 
 
 def start(accelerator, report_to: str, run_id: str, out: Path, config: dict) -> None:
@@ -65,7 +65,7 @@ def start(accelerator, report_to: str, run_id: str, out: Path, config: dict) -> 
 
         # MLflow 3 keeps the file store (no database, no server) behind this documented opt-in
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or (out / "mlruns").resolve().as_uri())
+        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or (out / MLRUNS).resolve().as_uri())
         kwargs["mlflow"] = {"run_name": run_id}
     elif report_to == "trackio":
         kwargs["trackio"] = {"name": run_id}
