@@ -220,6 +220,17 @@ def family_model(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def _same_torch_threads():
+    """A test that changes torch's CPU threads (the toy build, an in-process run) must not change the
+    float sums, hence the losses, of the tests after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
 def _fresh_accelerate_state():
     """accelerate keeps one process-wide AcceleratorState (mixed precision, device): a Trainer built
     by one test must not change how `train` runs in the next (seen as order-dependent losses)."""

@@ -15,7 +15,16 @@ import pytest
 import yaml
 
 from evilspectra.rundir import read_manifest
-from evilspectra.sweep import SweepSpec, _run_complete, expand, load_sweep, plan, preset_path, run_sweep
+from evilspectra.sweep import (
+    SweepSpec,
+    _run_complete,
+    expand,
+    load_sweep,
+    plan,
+    preset_path,
+    run_one,
+    run_sweep,
+)
 
 SPEC = {
     "name": "test",
@@ -155,3 +164,18 @@ def test_demo_preset_design():
     assert {(n, lr) for n, lr, w in cells if w == 1.0} == set(top.items())
     assert {w for n, _, w in cells if n == "adam"} == {0.0, 0.1, 0.3, 1.0}
     assert all(lr == top[n] for n, lr, w in cells if w > 0)
+
+
+def test_run_one_leaves_the_callers_torch_threads(tmp_path):
+    """A run sets torch's threads for itself (same numbers in every executor) and gives the caller's
+    back, whether it finishes or fails: later work in that process must not sum floats differently."""
+    import torch
+
+    from evilspectra.config import EvalSettings, RunConfig
+
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    bad = RunConfig(dataset=str(tmp_path / "missing.jsonl")).model_dump(mode="json")
+    result = run_one(bad, str(tmp_path / "run"), EvalSettings().model_dump(mode="json"), threads=other)
+    assert result["status"] == "failed" and "missing.jsonl" in result["error"]
+    assert torch.get_num_threads() == before

@@ -12,8 +12,9 @@ import copy
 import itertools
 import json
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,20 @@ def _eval_done(out: Path, settings: EvalSettings) -> bool:
     return saved == {k: v for k, v in stable_dump(settings).items() if k not in PLACEMENT_FIELDS}
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's CPU threads set to `n` inside (the same in every executor -> the same numbers) and
+    restored after, so an in-process caller's later work runs as before."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_one(
     cfg_json: dict,
     run_dir: str,
@@ -183,18 +198,16 @@ def run_one(
     `processes` > 1 trains through `accelerate launch` (evilspectra.launch) in the task's GPUs.
     Errors are recorded in the run's error file and returned, never raised: a sweep keeps going.
     """
-    import torch
 
     from evilspectra.evaluate.runner import evaluate
     from evilspectra.spectra import run_spectra
     from evilspectra.train import train
 
     quiet_hf()  # worker processes start with HF's defaults
-    torch.set_num_threads(max(1, int(threads)))  # same threads in every executor -> same numbers
     cfg, settings, run = RunConfig.model_validate(cfg_json), EvalSettings.model_validate(eval_json), RunDir(run_dir)
     stage = "train"
     try:
-        with run.lock():  # one process per run directory
+        with torch_threads(threads), run.lock():  # one process per run directory
             manifest = read_manifest(run.path)
             if not manifest or manifest.get("status") not in FINISHED:
                 if processes > 1:
