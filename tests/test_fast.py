@@ -87,6 +87,11 @@ def test_muon_ns_dtype_picks_the_chain_and_is_recorded():
     assert isinstance(fp32, BatchedMuon) and resolved_hyperparameters(fp32)["ns_dtype"] == "float32"
     with pytest.raises(ConfigError, match="ns_dtype: expected one of bfloat16, float32, float64, got 'fp8'"):
         build_optimizer(_params(), OptimizerConfig(name="muon", lr=1e-3, ns_dtype="fp8"))
+    for name, cls in (("muon", "Muon"), ("muon_batched", "BatchedMuon")):  # a typo is named, ns_dtype listed
+        with pytest.raises(
+            ConfigError, match=f"optimizer.foo: not a hyperparameter of {cls}; accepted: lr, .*ns_dtype"
+        ):
+            build_optimizer(_params(), OptimizerConfig(name=name, lr=1e-3, foo=1))
     # fp32 and torch's bf16 chain differ by bf16 rounding only
     kwargs = {"lr": 0.02, "adjust_lr_fn": "match_rms_adamw"}
     ref, start = _run(torch.optim.Muon, _params(), **kwargs), _params()

@@ -92,7 +92,7 @@ def build_optimizer(
         cls = _batched_muon()  # torch.optim.Muon's chain is bf16 only
     elif cfg.name.lower() == "muon":
         kwargs.pop("ns_dtype", None)  # bf16: torch's own
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in {"self", "params"}]
+    accepted = _accepted(cls) + (["ns_dtype"] if cfg.name.lower() == "muon" and cls is torch.optim.Muon else [])
     unknown = [k for k in kwargs if k not in accepted]
     if unknown and "kwargs" not in accepted:
         raise ConfigError(
@@ -110,6 +110,15 @@ def build_optimizer(
         return cls(params, **kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"optimizer: {cls.__name__} rejected the hyperparameters {kwargs}: {exc}") from exc
+
+
+def _accepted(cls: type) -> list[str]:
+    """The hyperparameters `cls` takes ("kwargs" among them: any). BatchedMuon passes *args and
+    **kwargs on to torch.optim.Muon, so its list is Muon's plus its own."""
+    own = [p for p in inspect.signature(cls.__init__).parameters if p not in {"self", "params"}]
+    if cls is _batched_muon():
+        return [*_accepted(torch.optim.Muon), *(p for p in own if p not in {"args", "kwargs"})]
+    return own
 
 
 def _expert_groups(params: list, experts: dict) -> list[dict]:
