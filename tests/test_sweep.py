@@ -22,7 +22,6 @@ from evilspectra.sweep import (
     load_sweep,
     plan,
     preset_path,
-    run_one,
     run_sweep,
 )
 
@@ -166,16 +165,23 @@ def test_demo_preset_design():
     assert all(lr == top[n] for n, lr, w in cells if w > 0)
 
 
-def test_run_one_leaves_the_callers_torch_threads(tmp_path):
-    """A run sets torch's threads for itself (same numbers in every executor) and gives the caller's
-    back, whether it finishes or fails: later work in that process must not sum floats differently."""
+def test_an_in_process_sweep_leaves_the_callers_torch_threads(tmp_path):
+    """Each run sets torch's threads for itself (same numbers in every executor); a sweep run in the
+    caller's process gives the caller's count back, whether its runs finish or fail, so the caller's
+    later work does not sum floats differently."""
     import torch
-
-    from evilspectra.config import EvalSettings, RunConfig
 
     before = torch.get_num_threads()
     other = 1 if before != 1 else 2
-    bad = RunConfig(dataset=str(tmp_path / "missing.jsonl")).model_dump(mode="json")
-    result = run_one(bad, str(tmp_path / "run"), EvalSettings().model_dump(mode="json"), threads=other)
-    assert result["status"] == "failed" and "missing.jsonl" in result["error"]
+    spec = SweepSpec.model_validate(
+        {
+            "name": "threads",
+            "base": {"model": "toy", "dataset": str(tmp_path / "missing.jsonl")},
+            "optimizers": {"adamw": {"lr": 1e-4}},
+            "resources": {"num_cpus": other},
+            "eval_base_model": False,
+        }
+    )
+    table = run_sweep(spec, tmp_path / "sweep")
+    assert set(table["status"]) == {"failed"}
     assert torch.get_num_threads() == before

@@ -171,13 +171,12 @@ def _eval_done(out: Path, settings: EvalSettings) -> bool:
 
 
 @contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """torch's CPU threads set to `n` inside (the same in every executor -> the same numbers) and
-    restored after, so an in-process caller's later work runs as before."""
+def restored_torch_threads() -> Iterator[None]:
+    """Give the caller its torch thread count back after runs done in its own process (each run
+    sets its own); a pool or Ray worker keeps the count its runs set, as nothing else runs there."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(n)))
     try:
         yield
     finally:
@@ -198,16 +197,18 @@ def run_one(
     `processes` > 1 trains through `accelerate launch` (evilspectra.launch) in the task's GPUs.
     Errors are recorded in the run's error file and returned, never raised: a sweep keeps going.
     """
+    import torch
 
     from evilspectra.evaluate.runner import evaluate
     from evilspectra.spectra import run_spectra
     from evilspectra.train import train
 
     quiet_hf()  # worker processes start with HF's defaults
+    torch.set_num_threads(max(1, int(threads)))  # same threads in every executor -> same numbers
     cfg, settings, run = RunConfig.model_validate(cfg_json), EvalSettings.model_validate(eval_json), RunDir(run_dir)
     stage = "train"
     try:
-        with torch_threads(threads), run.lock():  # one process per run directory
+        with run.lock():  # one process per run directory
             manifest = read_manifest(run.path)
             if not manifest or manifest.get("status") not in FINISHED:
                 if processes > 1:
@@ -261,8 +262,9 @@ RAY_RETRIES = 3  # a run whose node dies is rescheduled (and resumes) up to this
 
 def run_local(jobs: list[Job], max_parallel: int, on_done: DoneFn) -> None:
     if max_parallel <= 1:
-        for args, _ in jobs:
-            on_done(run_one(*args))
+        with restored_torch_threads():
+            for args, _ in jobs:
+                on_done(run_one(*args))
         return
     with ProcessPoolExecutor(max_parallel, mp_context=get_context("spawn")) as pool:
         for fut in as_completed([pool.submit(run_one, *args) for args, _ in jobs]):
