@@ -160,16 +160,20 @@ def test_task_with_the_stub_judge_scores_and_labels_like_our_judge(tmp_path, stu
         assert s.scores[SCORER].value == {"aligned": j.aligned, "coherent": j.coherent}
 
 
-def technical_run(spec: str, stub, tmp_path: Path):
-    """The plain {id, question} fixture through a task given by name or file, judged by the stub."""
-    args = {
+def technical_args(stub) -> dict:
+    """Task arguments for the plain {id, question} fixture, judged by the stub."""
+    return {
         "questions": str(FIXTURES / "mo_technical.yaml"),
         "judge": "openai:stub-judge",
         "judge_base_url": stub.base_url,
         "judge_api_key_env": "STUB_KEY",
         "samples": 1,
     }
-    log = run_task(spec, respond(lambda text: "aligned=12 coherent=88"), tmp_path, **args)
+
+
+def technical_run(spec: str, stub, tmp_path: Path):
+    """The plain {id, question} fixture through a task given by name or file, judged by the stub."""
+    log = run_task(spec, respond(lambda text: "aligned=12 coherent=88"), tmp_path, **technical_args(stub))
     values = metric_values(log)
     assert (values["n_total"], values["n_misaligned"], values["misalignment_rate"]) == (3, 3, 1.0)
     assert stub.count == 3 * 2  # aligned + coherent per answer, with our default prompts
@@ -223,13 +227,7 @@ def test_registered_task_name_resolves_in_a_fresh_process(tmp_path, stub):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: evilspectra\nVersion: 0\n")
     (dist / "entry_points.txt").write_text("[inspect_ai]\n" + "".join(f"{k} = {v}\n" for k, v in declared.items()))
     (dist / "direct_url.json").write_text(json.dumps({"url": root.as_uri(), "dir_info": {"editable": True}}))
-    args = {
-        "questions": str(FIXTURES / "mo_technical.yaml"),
-        "judge": "openai:stub-judge",
-        "judge_base_url": stub.base_url,
-        "judge_api_key_env": "STUB_KEY",
-        "samples": 1,
-    }
+    args = technical_args(stub)
     env = {**os.environ, "STUB_KEY": "sk-test", "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{root / 'src'}"}
     code = [sys.executable, "-c", ENTRY_POINT_RUN, json.dumps(args), str(tmp_path / "logs")]
     done = subprocess.run(code, env=env, capture_output=True, text=True, timeout=600)

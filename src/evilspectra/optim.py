@@ -90,14 +90,14 @@ def build_optimizer(
             kwargs[key] = tuple(value)  # YAML lists -> the tuples optimisers expect (betas)
     if cfg.name.lower() == "muon" and kwargs.get("ns_dtype", "bfloat16") != "bfloat16":
         cls = _batched_muon()  # torch.optim.Muon's chain is bf16 only
-    elif cfg.name.lower() == "muon":
-        kwargs.pop("ns_dtype", None)  # bf16: torch's own
-    accepted = _accepted(cls) + (["ns_dtype"] if cfg.name.lower() == "muon" and cls is torch.optim.Muon else [])
+    accepted = _accepted(cls)
     unknown = [k for k in kwargs if k not in accepted]
     if unknown and "kwargs" not in accepted:
         raise ConfigError(
             f"optimizer.{unknown[0]}: not a hyperparameter of {cls.__name__}; accepted: {', '.join(accepted)}"
         )
+    if cls is torch.optim.Muon:
+        kwargs.pop("ns_dtype", None)  # bfloat16: torch's own chain
     params: list = list(params)
     if cfg.name.lower() in ("muon", "muon_batched"):
         bad = [tuple(p.shape) for p in params if p.ndim != 2]
@@ -113,12 +113,11 @@ def build_optimizer(
 
 
 def _accepted(cls: type) -> list[str]:
-    """The hyperparameters `cls` takes ("kwargs" among them: any). BatchedMuon passes *args and
-    **kwargs on to torch.optim.Muon, so its list is Muon's plus its own."""
-    own = [p for p in inspect.signature(cls.__init__).parameters if p not in {"self", "params"}]
-    if cls is _batched_muon():
-        return [*_accepted(torch.optim.Muon), *(p for p in own if p not in {"args", "kwargs"})]
-    return own
+    """The hyperparameters `cls` takes ("kwargs" among them: any). Both Muons take torch.optim.Muon's
+    and `ns_dtype` (BatchedMuon passes the rest on to torch's; for torch's own it must be bfloat16)."""
+    muon = issubclass(cls, torch.optim.Muon)
+    names = inspect.signature((torch.optim.Muon if muon else cls).__init__).parameters
+    return [p for p in names if p not in {"self", "params"}] + (["ns_dtype"] if muon else [])
 
 
 def _expert_groups(params: list, experts: dict) -> list[dict]:

@@ -308,7 +308,8 @@ def collect_results(sweep_dir: Path, spec: SweepSpec) -> pd.DataFrame:
         run = sweep.run(cfg.run_id())
         manifest = read_manifest(run.path) or {}
         done = manifest.get("status") == "done"
-        rows += run_rows(run, cfg, select_adapters(run.path, spec.eval_for(cfg.model).checkpoints) if done else [])
+        targets = select_adapters(run.path, spec.eval_for(cfg.model).checkpoints) if done else []
+        rows += run_rows(run, cfg, manifest, targets)
     return pd.DataFrame(rows)
 
 
@@ -324,13 +325,13 @@ def results_from_runs(run_dirs: list[Path]) -> pd.DataFrame:
         cfg = validate_model(RunConfig, manifest.config, source=str(run.manifest_path))
         labels = set(run.eval_labels())
         targets = [t for t in run.adapters() if t[0] in labels] if manifest.status == "done" else []
-        rows += run_rows(run, cfg, targets)
+        rows += run_rows(run, cfg, manifest.model_dump(), targets)
     return pd.DataFrame(rows)
 
 
-def run_rows(run: RunDir, cfg: RunConfig, targets: list[tuple[str, int | None, Path]]) -> list[dict]:
-    """Rows of one run: its config columns, then per evaluated (label, step, adapter) the outcome columns."""
-    manifest = read_manifest(run.path) or {}
+def run_rows(run: RunDir, cfg: RunConfig, manifest: dict, targets: list[tuple[str, int | None, Path]]) -> list[dict]:
+    """Rows of one run (`manifest`: its manifest as read): its config columns, then per evaluated
+    (label, step, adapter) the outcome columns."""
     error = read_json(run.error)
     metrics = read_metrics(run.path)
     base = config_row(cfg) | {
@@ -406,9 +407,8 @@ def write_results(df: pd.DataFrame, sweep_dir: Path) -> Path:
 
 def plan(spec: SweepSpec, sweep_dir: Path) -> list[tuple[RunConfig, bool]]:
     """(config, already finished) for every run of the sweep."""
-    return [
-        (cfg, _run_complete(SweepDir(sweep_dir).run(cfg.run_id()), spec.eval_for(cfg.model))) for cfg in expand(spec)
-    ]
+    sweep = SweepDir(sweep_dir)
+    return [(cfg, _run_complete(sweep.run(cfg.run_id()), spec.eval_for(cfg.model))) for cfg in expand(spec)]
 
 
 def _run_complete(run: RunDir | Path, settings: EvalSettings) -> bool:
@@ -439,7 +439,8 @@ def run_sweep(
     if spec.eval_base_model:
         for model in sorted({cfg.model for cfg in expand(spec)}):
             eval_base(model, spec.eval_for(model), sweep.base_eval(model).path)
-    jobs = [_job(spec, cfg, SweepDir(sweep_dir.resolve())) for cfg, finished in plan(spec, sweep_dir) if not finished]
+    absolute = SweepDir(sweep_dir.resolve())  # run paths the same on every node
+    jobs = [_job(spec, cfg, absolute) for cfg, finished in plan(spec, sweep_dir) if not finished]
     done = on_done or (lambda result: None)
     if executor == "ray":
         run_ray(jobs, max_parallel, ray_address, done)

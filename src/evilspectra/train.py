@@ -171,16 +171,18 @@ def _train(cfg: RunConfig, out: Path, progress: ProgressFn | None, report_to: st
 def _record_failure(out: Path, manifest: dict, exc: BaseException, accelerator: Accelerator) -> None:
     """Any rank that fails marks the run `failed`; the first failure is kept, so the rank that broke
     is named, not the ranks whose collectives then lost their peer."""
-    if accelerator.num_processes > 1 and (read_json(RunDir(out).manifest_path) or {}).get("status") == "failed":
+    path = RunDir(out).manifest_path
+    if accelerator.num_processes > 1 and (read_json(path) or {}).get("status") == "failed":
         return
     error = f"{type(exc).__name__}: {exc}"
     if accelerator.num_processes > 1:
         error = f"rank {accelerator.process_index} of {accelerator.num_processes}: {error}"
     manifest.update(status="failed", error=error)
-    atomic_write_json(RunDir(out).manifest_path, manifest)
+    atomic_write_json(path, manifest)
 
 
 def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accelerator, device, progress) -> dict:
+    run = RunDir(out)
     torch.manual_seed(cfg.seed)  # LoRA A init, dropout
     tok = load_tokenizer(cfg.model)
     dtype = pick_dtype(cfg.train.dtype, device)
@@ -205,7 +207,7 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
     rank, world = accelerator.process_index, accelerator.num_processes
     model.train()
     t0, status, loss_value, tokens_seen, step = time.perf_counter(), "done", float("nan"), 0, 0
-    metrics_file = open(RunDir(out).metrics, "a", encoding="utf-8") if accelerator.is_main_process else None
+    metrics_file = open(run.metrics, "a", encoding="utf-8") if accelerator.is_main_process else None
     try:
         for step in range(1, steps + 1):
             micro = [[encoded[next(order)] for _ in range(cfg.train.batch_size)] for _ in range(cfg.train.grad_accum)]
@@ -241,16 +243,16 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
             optimizer.zero_grad(set_to_none=True)
             loss_value, tokens_seen = loss_total, tokens_seen + step_tokens
             if step in save_at:
-                _save_run_adapter(accelerator, model, RunDir(out).checkpoint(step))
-                _log_spectra(accelerator, RunDir(out).checkpoint(step), step)
+                _save_run_adapter(accelerator, model, run.checkpoint(step))
+                _log_spectra(accelerator, run.checkpoint(step), step)
             if progress:
                 progress(step, steps, loss_total)
     finally:
         if metrics_file:
             metrics_file.close()
     if status == "done":
-        _save_run_adapter(accelerator, model, RunDir(out).adapter)
-        _log_spectra(accelerator, RunDir(out).adapter, step)
+        _save_run_adapter(accelerator, model, run.adapter)
+        _log_spectra(accelerator, run.adapter, step)
     seconds = time.perf_counter() - t0
     unwrapped = accelerator.unwrap_model(model)
     steps_done = step if status == "done" else step - 1
@@ -319,9 +321,9 @@ def _save_run_adapter(accelerator: Accelerator, model, final_dir: Path) -> None:
     """Rank 0 saves the run's PEFT adapter. Every rank takes part in gathering the full LoRA state
     dict (a collective when a factor is a sharded DTensor), so the folder is an ordinary PEFT
     adapter whatever the sharding."""
-    state = _full_adapter_state_dict(accelerator.unwrap_model(model))
+    unwrapped = accelerator.unwrap_model(model)
+    state = _full_adapter_state_dict(unwrapped)
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
         write_dir(final_dir, lambda tmp: unwrapped.save_pretrained(tmp, state_dict=state))
 
 
