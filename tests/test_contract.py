@@ -91,6 +91,19 @@ def test_hand_evaluated_runs_analyse_exactly_like_a_sweep(sweep_and_hand_runs):
 
 
 @pytest.mark.slow
+def test_one_run_directory_analyses_and_reports(sweep_and_hand_runs, tmp_path):
+    """`analyze RUN --out DIR` and `report RUN --out DIR` with a single run directory (a lone path
+    once crashed: it was iterated as if it were the list of run directories)."""
+    _, runs, _ = sweep_and_hand_runs
+    invoke(["analyze", str(runs[0]), "--out", str(tmp_path / "one")])
+    result = json.loads(SweepDir(tmp_path / "one").analysis.read_text())
+    manifest = RunDir(runs[0]).read_manifest()
+    assert result["run_dirs"] == {manifest.run_id: str(runs[0].resolve())} and result["base_model"] == []
+    invoke(["report", str(runs[0]), "--out", str(tmp_path / "report")])
+    assert SweepDir(tmp_path / "report").report.is_file()
+
+
+@pytest.mark.slow
 def test_report_and_analysis_state_the_recorded_thresholds(sweep_and_hand_runs):
     sweep, _, hand = sweep_and_hand_runs
     for directory in (sweep, hand):

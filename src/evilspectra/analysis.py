@@ -82,7 +82,7 @@ def analyze(
     margin: adjusted-R^2 gain of the stratified model that counts as the optimiser overtaking loss;
     n_boot, seed: the bootstrap over runs of the per-optimiser interval.
     """
-    source, df = _results_of(sweep_dir, out)
+    source, df, run_paths = _results_of(sweep_dir, out)
     dest = SweepDir(out if out is not None else source)
     final = df[(df["status"] == "done") & (df["checkpoint"] == "final")]
     plain = final[final["spectral_reg"].fillna(0) == 0]
@@ -105,8 +105,8 @@ def analyze(
         "overtake": overtake(df, windows=windows, margin=margin),
         "spectral_correlations": spectral_correlations(final),
         "regulariser": regulariser_effect(df),
-        "base_model": base_models(Path(source)) if isinstance(source, Path) else [],
-        "run_dirs": {} if isinstance(source, Path) else _run_dirs(sweep_dir),
+        "base_model": base_models(source) if run_paths is None else [],
+        "run_dirs": {} if run_paths is None else _run_dirs(run_paths),
     }
     result["fits"] = loss_fits(df, plain, windows=windows, n_boot=n_boot, seed=seed)
     result["matched_loss"] = matched_loss(df, result["base_model"], n_boot=n_boot, seed=seed)
@@ -118,8 +118,11 @@ def analyze(
     return result
 
 
-def _results_of(source: str | Path | list[str | Path], out: str | Path | None) -> tuple[Path | str, pd.DataFrame]:
-    """(what was analysed, its results table). Run directories get their table built and written to `out`."""
+def _results_of(
+    source: str | Path | list[str | Path], out: str | Path | None
+) -> tuple[Path | str, pd.DataFrame, list[Path] | None]:
+    """(what was analysed, its results table, the run directories or None for a sweep). Run
+    directories (one or several) get their table built and written to `out`."""
     from evilspectra.sweep import results_from_runs, write_results
 
     paths = [Path(p) for p in source] if isinstance(source, (list, tuple)) else [Path(source)]
@@ -127,17 +130,17 @@ def _results_of(source: str | Path | list[str | Path], out: str | Path | None) -
         df = load_results(paths[0])
         if out is not None and Path(out).resolve() != paths[0].resolve():
             write_results(df, Path(out))  # the report of OUT reads its own copy
-        return paths[0], df
+        return paths[0], df, None
     if out is None:
         raise DataError(f"analyze: give --out DIR for the analysis of run directories ({', '.join(map(str, paths))})")
     for path in paths:
         if not RunDir(path).is_run():
             raise DataError(f"{path}: neither a sweep directory nor a run directory (no manifest)")
     write_results(results_from_runs(paths), Path(out))
-    return ", ".join(str(p) for p in paths), load_results(Path(out))
+    return ", ".join(str(p) for p in paths), load_results(Path(out)), paths
 
 
-def _run_dirs(paths: list[str | Path]) -> dict[str, str]:
+def _run_dirs(paths: list[Path]) -> dict[str, str]:
     """run id -> run directory, for analyses of hand-run directories (the report finds spectra there)."""
     out = {}
     for path in paths:
