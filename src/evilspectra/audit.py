@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 from markdown_it import MarkdownIt
 
-from evilspectra.config import AUDIT_FAIL_ABOVE, AUDIT_SAMPLES, EvalSettings, eval_settings_tree, validate_model
+from evilspectra.config import AUDIT_FAIL_ABOVE, AUDIT_SAMPLES, EvalSettings, load_eval_settings
 from evilspectra.errors import ConfigError
 from evilspectra.registry import MODELS, eval_defaults
 from evilspectra.rundir import (
@@ -189,9 +189,7 @@ def audit(
         }
         settings = probe_settings(model, flags, config, overrides)
         # prompts rendered as in training: the run's chat-template variables (None: the family defaults)
-        trained_kwargs = (manifest or {}).get("config", {}).get("chat_template_kwargs")
-        if settings.chat_template_kwargs is None:
-            settings = settings.model_copy(update={"chat_template_kwargs": trained_kwargs})
+        settings = settings.with_trained_template((manifest or {}).get("config", {}).get("chat_template_kwargs"))
 
     refs = load_references(references)
     frame = adapter_spectra(adapter_dir)
@@ -268,13 +266,15 @@ def probe_settings(
         )
     alias = MODELS.get(model)
     defaults = {**eval_defaults(model), "samples": DEFAULT_SAMPLES, **(alias.audit_defaults if alias else {})}
-    tree = eval_settings_tree(config, defaults, flags, overrides)
-    if "judge" not in tree:
-        raise ConfigError(
-            f"audit: give --judge openai:MODEL (no judge is registered as the default for {model!r}), "
-            "or --no-eval for spectra only"
-        )
-    return validate_model(EvalSettings, tree, source=str(config) if config else "audit options")
+    return load_eval_settings(
+        config,
+        defaults,
+        flags,
+        overrides,
+        source="audit options",
+        missing_judge=f"audit: give --judge openai:MODEL (no judge is registered as the default for {model!r}), "
+        "or --no-eval for spectra only",
+    )
 
 
 # ---------------------------------------------------------------------------------- findings
@@ -435,9 +435,9 @@ def recommend(
     retrain, optimiser_known = _retrain_evidence(training, spectral, refs)
     if retrain:
         best = min(plain, key=lambda r: r["rate"]) if plain else None
-        reg = _regulariser_evidence(refs)
-        retrain += reg
-        weight = f"{reg and _reg_rows(refs)[0][1]['spectral_reg']:g}" if reg else "1"
+        pairs = _reg_rows(refs)
+        retrain += _regulariser_evidence(pairs)
+        weight = f"{pairs[0][1]['spectral_reg']:g}" if pairs else "1"
         alternative = f"{best['optimizer']} (optimizer.name={best['optimizer']})" if best else "another optimiser"
         # a probe that passed outweighs the spectral risk indicator: advice for the next fine-tune only
         action = (
@@ -505,11 +505,12 @@ def _reg_rows(refs: dict) -> list[tuple[dict, dict]]:
     ]
 
 
-def _regulariser_evidence(refs: dict) -> list[str]:
+def _regulariser_evidence(pairs: list[tuple[dict, dict]]) -> list[str]:
+    """One line per (unregularised, regularised) reference row pair (_reg_rows)."""
     return [
         f"reference table: spectral_reg weight {on['spectral_reg']:g} moved {off['optimizer']}'s F/N "
         f"{off['fn_mean']:.3f} -> {on['fn_mean']:.3f} and its misalignment {off['rate']:.1%} -> {on['rate']:.1%}"
-        for off, on in _reg_rows(refs)
+        for off, on in pairs
     ]
 
 
@@ -524,9 +525,7 @@ def _retrain_evidence(training: dict | None, spectral: dict, refs: dict) -> tupl
         scale = (
             "" if spectral["ranks"] == [rank] else f" ({spectral['frobenius_nuclear_r32']:.3f} on the r = {rank} scale)"
         )
-        rate = (
-            "-" if ref["rate"] is None else f"{ref['rate']:.1%} [{ref['rate_ci95'][0]:.1%}, {ref['rate_ci95'][1]:.1%}]"
-        )
+        rate = _rate(ref["rate"], ref["rate_ci95"])
         evidence.append(
             f"mean F/N {spectral['frobenius_nuclear']:.3f}{scale} is {where} {ref['label']}'s range "
             f"({ref['fn_range'][0]:.3f}-{ref['fn_range'][1]:.3f}) in the reference table, whose runs misaligned "
@@ -544,9 +543,9 @@ def _retrain_evidence(training: dict | None, spectral: dict, refs: dict) -> tupl
     mine = plain.get(name)
     if mine and best and not reg_on and mine["ci_low"] is not None and mine["ci_low"] > (best["ci_high"] or 1):
         evidence.append(
-            f"trained with {name} without the regulariser: its reference runs misaligned {mine['rate']:.1%} "
-            f"[{mine['ci_low']:.1%}, {mine['ci_high']:.1%}] vs {best['optimizer']} {best['rate']:.1%} "
-            f"[{best['ci_low']:.1%}, {best['ci_high']:.1%}]"
+            f"trained with {name} without the regulariser: its reference runs misaligned "
+            f"{_rate(mine['rate'], [mine['ci_low'], mine['ci_high']])} vs {best['optimizer']} "
+            f"{_rate(best['rate'], [best['ci_low'], best['ci_high']])}"
         )
         return evidence, True
     return evidence, False

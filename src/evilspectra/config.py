@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
@@ -138,6 +138,9 @@ _ADDED_EVAL_DEFAULTS = {"convention": None}
 EVAL_PARTS = {"sampling": SamplingSettings, "judging": JudgingSettings, "scoring": ScoringSettings}
 
 
+_P = TypeVar("_P", bound=BaseModel)
+
+
 class EvalSettings(ScoringSettings, JudgingSettings, SamplingSettings):
     """How answers are sampled, judged and scored (used by `eval`, `sweep` and `audit`).
 
@@ -168,17 +171,27 @@ class EvalSettings(ScoringSettings, JudgingSettings, SamplingSettings):
         data = handler(self)
         return {k: v for k, v in data.items() if not (k in _ADDED_EVAL_DEFAULTS and v == _ADDED_EVAL_DEFAULTS[k])}
 
+    def _part(self, part: type[_P]) -> _P:
+        return part.model_validate(self.model_dump(include=set(part.model_fields)))
+
     @property
     def sampling(self) -> SamplingSettings:
-        return SamplingSettings.model_validate(self.model_dump(include=set(SamplingSettings.model_fields)))
+        return self._part(SamplingSettings)
 
     @property
     def judging(self) -> JudgingSettings:
-        return JudgingSettings.model_validate(self.model_dump(include=set(JudgingSettings.model_fields)))
+        return self._part(JudgingSettings)
 
     @property
     def scoring(self) -> ScoringSettings:
-        return ScoringSettings.model_validate(self.model_dump(include=set(ScoringSettings.model_fields)))
+        return self._part(ScoringSettings)
+
+    def with_trained_template(self, trained: dict[str, Any] | None) -> EvalSettings:
+        """These settings, with prompts rendered as in training (the run's `chat_template_kwargs`)
+        unless they set chat-template variables of their own."""
+        if self.chat_template_kwargs is not None:
+            return self
+        return self.model_copy(update={"chat_template_kwargs": trained})
 
 
 # where answers are sampled, not what is sampled: left out when deciding whether an eval is done
@@ -320,12 +333,16 @@ def load_eval_settings(
     defaults: dict | None = None,
     flags: dict | None = None,
     overrides: list[str] | None = None,
-    cls: type[EvalSettings] = EvalSettings,
+    source: str = "eval settings",
+    missing_judge: str | None = None,
 ) -> EvalSettings:
     """Resolve EvalSettings as `train` resolves a RunConfig: defaults (e.g. the model alias's) <- YAML
-    file <- CLI flags that were given <- `--set` strings (flat or part-dotted keys)."""
+    file <- CLI flags that were given <- `--set` strings (flat or part-dotted keys). Errors name the
+    file, else `source`; `missing_judge`: the error when no layer names a judge (None: no check)."""
     tree = eval_settings_tree(path, defaults, flags, overrides)
-    return validate_model(cls, tree, source=str(path) if path else "eval settings")
+    if missing_judge is not None and "judge" not in tree:
+        raise ConfigError(missing_judge)
+    return validate_model(EvalSettings, tree, source=str(path) if path else source)
 
 
 def eval_settings_tree(

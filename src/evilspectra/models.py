@@ -108,9 +108,8 @@ def lora_targets(model: torch.nn.Module, settings: LoraSettings) -> dict:
     return {"target_modules": rf"(?:.*\.)?{LANGUAGE_MODEL}\..*\.(?:{alternatives})", "untouched": untouched}
 
 
-def lora_config(settings: LoraSettings, model: torch.nn.Module | None = None) -> LoraConfig:
-    """PEFT LoraConfig of `settings`; with `model`, targets resolved by lora_targets."""
-    targets = lora_targets(model, settings) if model is not None else {"target_modules": list(settings.target_modules)}
+def lora_config(settings: LoraSettings, targets: dict) -> LoraConfig:
+    """PEFT LoraConfig of `settings` on `targets` (lora_targets of the model)."""
     return LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
@@ -122,10 +121,11 @@ def lora_config(settings: LoraSettings, model: torch.nn.Module | None = None) ->
     )
 
 
-def attach_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
-    """Wrap `model` with fresh LoRA adapters (A random, B zero, as PEFT initialises them)."""
+def attach_lora(model: PreTrainedModel, settings: LoraSettings, targets: dict | None = None) -> PeftModel:
+    """Wrap `model` with fresh LoRA adapters (A random, B zero, as PEFT initialises them).
+    `targets`: lora_targets(model, settings) when the caller already has them."""
     try:
-        return get_peft_model(model, lora_config(settings, model))
+        return get_peft_model(model, lora_config(settings, targets or lora_targets(model, settings)))
     except ValueError as exc:
         raise ConfigError(f"lora.target_modules: {exc}") from exc
 

@@ -48,10 +48,10 @@ class Registry(Generic[T]):
         load_plugins()
         return self._entries.get(name)
 
-    def require(self, name: str, hint: str = "") -> T:
+    def require(self, name: str) -> T:
         entry = self.get(name)
         if entry is None:
-            raise ConfigError(f"unknown {self.kind} {name!r}; registered: {', '.join(self.names())}{hint}")
+            raise ConfigError(f"unknown {self.kind} {name!r}; registered: {', '.join(self.names())}")
         return entry
 
     def names(self) -> list[str]:

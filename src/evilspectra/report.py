@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from evilspectra import claims
 from evilspectra.analysis import definition_text, load_analysis, load_results
 from evilspectra.rundir import REPORT as REPORT
 from evilspectra.rundir import RunDir, SweepDir, atomic_write_text
@@ -557,7 +558,7 @@ def _regulariser_table(analysis: dict) -> str:
 # --------------------------------------------------------------------------------------- page
 
 
-VERDICT_STYLE = {"reproduced": "ok", "not reproduced": "no", "inconclusive": "maybe"}
+VERDICT_STYLE = {claims.REPRODUCED: "ok", claims.NOT_REPRODUCED: "no", claims.INCONCLUSIVE: "maybe"}
 
 
 def _claims_section(analysis: dict) -> str:

@@ -583,9 +583,6 @@ class SweepDir:
         """(model slug, EvalDir) of every base-model evaluation with a summary."""
         return [(p.parent.parent.name, EvalDir(p.parent)) for p in sorted(self.path.glob(f"{BASE}/*/{EVAL}/{SUMMARY}"))]
 
-    def is_sweep(self) -> bool:
-        return self.results.is_file() or self.spec.is_file()
-
 
 # ------------------------------------------------------------------------------- run readers
 

@@ -225,8 +225,7 @@ def run_one(
             if not run.spectra.is_file():
                 run_spectra(run.path)
             stage = "eval"
-            if settings.chat_template_kwargs is None:  # prompts rendered as in training (issue 13)
-                settings = settings.model_copy(update={"chat_template_kwargs": cfg.chat_template_kwargs})
+            settings = settings.with_trained_template(cfg.chat_template_kwargs)  # prompts as in training
             for label, _step, adapter in select_adapters(run.path, settings.checkpoints):
                 out = run.eval_dir(label).path
                 if not _eval_done(out, settings):

@@ -190,7 +190,7 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
     encoded = encode_dataset_cached(tok, data, cfg.system_prompt, cfg.train.max_length, template_kwargs)
     base = load_base_model(cfg.model, dtype, device)
     targets = lora_targets(base, cfg.lora)
-    model = attach_lora(base, cfg.lora)
+    model = attach_lora(base, cfg.lora, targets)
     for peft_config in model.peft_config.values():  # the adapter names its base model loadably from anywhere
         peft_config.base_model_name_or_path = resolve_model(cfg.model)
     params = [p for p in model.parameters() if p.requires_grad]

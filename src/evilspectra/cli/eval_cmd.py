@@ -50,7 +50,7 @@ def eval_command(
     ),
 ) -> None:
     """Measure emergent misalignment: sample answers, judge them, write the answers and their summary."""
-    from evilspectra.config import EvalSettings, eval_settings_tree, validate_model
+    from evilspectra.config import load_eval_settings
     from evilspectra.errors import ConfigError
     from evilspectra.evaluate.runner import evaluate, plan
     from evilspectra.registry import eval_defaults
@@ -86,13 +86,16 @@ def eval_command(
         "seed": seed,
     }
     # unset flags stay unset, so the question file's samples_per_paraphrase still applies
-    tree = eval_settings_tree(config, eval_defaults(model), flags, set_)
-    if "judge" not in tree:
-        raise ConfigError(f"eval: give --judge openai:MODEL (no judge is registered as the default for {model!r})")
-    settings = validate_model(EvalSettings, tree, source=str(config) if config else "eval options")
-    if run_dir is not None and settings.chat_template_kwargs is None:  # prompts rendered as in training
-        trained_kwargs = manifest.config.get("chat_template_kwargs")
-        settings = settings.model_copy(update={"chat_template_kwargs": trained_kwargs})
+    settings = load_eval_settings(
+        config,
+        eval_defaults(model),
+        flags,
+        set_,
+        source="eval options",
+        missing_judge=f"eval: give --judge openai:MODEL (no judge is registered as the default for {model!r})",
+    )
+    if run_dir is not None:  # prompts rendered as in training
+        settings = settings.with_trained_template(manifest.config.get("chat_template_kwargs"))
 
     counts = plan(settings)
     console.print(

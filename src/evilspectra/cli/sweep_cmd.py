@@ -62,12 +62,10 @@ def sweep(
         raise typer.Exit(1)
 
 
-def _print_per_model(spec, todo) -> None:
-    from evilspectra.sweep import estimate_per_model
-
+def _print_per_model(spec, estimates: dict[str, dict]) -> None:
     table = Table("model", "runs", "GPUs/run", "sampling", "GPU-hours", "judge calls")
     total_hours: float | None = 0.0
-    for model, est in estimate_per_model(spec, todo).items():
+    for model, est in estimates.items():
         res, settings = spec.resources_for(model), spec.eval_for(model)
         sampling = settings.backend + (
             f" tp{settings.tensor_parallel_size}" if settings.backend == "vllm" else f" {settings.device_map or ''}"
@@ -89,7 +87,7 @@ def _print_per_model(spec, todo) -> None:
 
 def _print_plan(spec, runs) -> None:
     from evilspectra.registry import is_local_judge
-    from evilspectra.sweep import estimate_judge_calls
+    from evilspectra.sweep import estimate_per_model
 
     table = Table("run id", "optimizer", "lr", "dataset", "seed", "spectral_reg", "status")
     for cfg, finished in runs:
@@ -104,10 +102,12 @@ def _print_plan(spec, runs) -> None:
         )
     console.print(table)
     todo = [cfg for cfg, finished in runs if not finished]
-    _print_per_model(spec, todo)
-    samples, calls = estimate_judge_calls(spec, todo)
+    estimates = estimate_per_model(spec, todo)
+    _print_per_model(spec, estimates)
+    samples = sum(m["answers"] for m in estimates.values())
+    calls = sum(m["judge_calls"] for m in estimates.values())
     judge = spec.eval.judge
     console.print(
-        f"{sum(not f for _, f in runs)} runs to run; {samples} answers to sample; "
+        f"{len(todo)} runs to run; {samples} answers to sample; "
         f"{calls} judge calls with {judge}" + (" (local judge: free)" if is_local_judge(judge) else "")
     )
