@@ -157,6 +157,11 @@ def test_audit_quotes_the_reference_table_and_the_probe_thresholds(sweep_and_han
         assert row["rate"] is None or f"{row['optimizer']} {row['rate']:.1%}" in report
     probe = json.loads((out / rundir.AUDIT_JSON).read_text())["probe"]
     assert probe["n_total"] > 0
+    # the model card the audit updates quotes the same table (it once quoted the shipped one)
+    from evilspectra.audit import reference_label
+
+    card = (RunDir(runs[0]).adapter / "README.md").read_text()
+    assert ", ".join(f"{reference_label(r)} {r['fn_low']:.2f}-{r['fn_high']:.2f}" for r in refs["rows"]) in card
 
 
 def test_shipped_reference_table_is_data_with_provenance():

@@ -226,7 +226,7 @@ def audit(
     write_reports(result, frame)
     from evilspectra.card import write_card  # the adapter's model card records the verdict too
 
-    result.files["card"] = write_card(adapter_dir, audit=audit_json(result))
+    result.files["card"] = write_card(adapter_dir, audit=audit_json(result), frame=frame, refs=refs)
     return result
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 from huggingface_hub import ModelCard, ModelCardData
 
-from evilspectra.audit import spectra_lines, spectral_summary, worst_modules
+from evilspectra.audit import load_references, spectra_lines, spectral_summary, worst_modules
 from evilspectra.errors import AdapterError, ConfigError
 from evilspectra.registry import MODELS
 from evilspectra.rundir import (
@@ -44,10 +44,14 @@ PEFT_TEMPLATE = "# Model Card for Model ID"  # the blank card PEFT's save_pretra
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def write_card(target: str | Path, audit: dict | None = None) -> Path:
+def write_card(
+    target: str | Path, audit: dict | None = None, frame: pd.DataFrame | None = None, refs: dict | None = None
+) -> Path:
     """Write or update the adapter's card for a run directory or an adapter directory; return its path.
 
     `audit`: the audit's JSON dict (audit passes its result); else the run's audit JSON when present.
+    `frame`, `refs`: the adapter's spectra and the reference table when the caller has them (the audit
+    passes its own, so the card quotes the table the audit quoted); else computed and the shipped table.
     """
     adapter_dir, run_dir = locate(target)
     manifest = read_json(run_dir / MANIFEST) if run_dir else None
@@ -55,7 +59,8 @@ def write_card(target: str | Path, audit: dict | None = None) -> Path:
         audit = read_json(RunDir(run_dir).audit_dir / AUDIT_JSON)
     data = metadata(manifest)
     evals = eval_summaries(run_dir) if run_dir else []
-    body = card_text(manifest, adapter_spectra(adapter_dir), evals, audit, data.base_model or "BASE_MODEL")
+    frame = adapter_spectra(adapter_dir) if frame is None else frame
+    body = card_text(manifest, frame, evals, audit, data.base_model or "BASE_MODEL", refs)
     card = merge(adapter_dir / CARD, data, body)
     path = adapter_dir / CARD
     atomic_write_text(path, str(card))
@@ -120,14 +125,21 @@ def merge(path: Path, data: ModelCardData, body: str) -> ModelCard:
 
 
 def card_text(
-    manifest: dict | None, frame: pd.DataFrame, evals: list[tuple[str, dict]], audit: dict | None, base_model: str
+    manifest: dict | None,
+    frame: pd.DataFrame,
+    evals: list[tuple[str, dict]],
+    audit: dict | None,
+    base_model: str,
+    refs: dict | None = None,
 ) -> str:
-    """The card's markdown: training record, spectra vs references, EM evaluation / audit, usage."""
+    """The card's markdown: training record, spectra vs `refs` (default the shipped reference table),
+    EM evaluation / audit, usage."""
     config = (manifest or {}).get("config") or {}
-    spectral = spectral_summary(frame)
+    refs = refs or load_references()
+    spectral = spectral_summary(frame, refs)
     title = f"LoRA adapter of `{config.get('model', 'an unrecorded base model')}`"
     lines = [f"# {title}", "", *_training_lines(manifest), "", "## Adapter spectra", ""]
-    lines += spectra_lines(spectral, worst_modules(frame))
+    lines += spectra_lines(spectral, worst_modules(frame), refs)
     lines += ["", "## Emergent misalignment", "", *_em_lines(evals, audit), "", "## Use", ""]
     lines += [
         "```python",
