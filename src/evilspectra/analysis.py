@@ -594,14 +594,14 @@ def bootstrap_fits(rows: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> dic
         return out | {"reason": "fewer than 4 runs or one optimiser: nothing to bootstrap"}
     y, X_loss = dmatrices(LOSS_FORMULA, rows, return_type="dataframe")
     _, X_strat = dmatrices(STRATIFIED_FORMULA, rows, return_type="dataframe")
-    y = y.to_numpy()[:, 0]
+    y, X_loss, X_strat = y.to_numpy()[:, 0], X_loss.to_numpy(), X_strat.to_numpy()
     runs = pd.factorize(rows["run_id"])[0]
     members = [np.flatnonzero(runs == k) for k in range(runs.max() + 1)]
     rng = np.random.default_rng(seed)
     stats_ = []
     for _ in range(n_boot):
         idx = np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])
-        fit_l, fit_s = _r2(X_loss.to_numpy()[idx], y[idx]), _r2(X_strat.to_numpy()[idx], y[idx])
+        fit_l, fit_s = _r2(X_loss[idx], y[idx]), _r2(X_strat[idx], y[idx])
         if fit_l is not None and fit_s is not None:
             stats_.append((fit_l[0], fit_s[1], fit_s[1] - fit_l[1]))
     out["n_skipped"] = n_boot - len(stats_)

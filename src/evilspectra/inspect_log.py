@@ -34,16 +34,15 @@ from evilspectra.errors import EvilSpectraError, QuestionsError
 from evilspectra.evaluate.questions import load_questions
 from evilspectra.inspect_task import SCORER, flat_metrics
 
-INSPECT_LOG = rundir.INSPECT_LOG
 RECORD_KEYS = ("question_id", "paraphrase_index", "paraphrase", "sample", "aligned", "coherent", "verdict", "error")
 
 
 def export_inspect_log(eval_dir: str | Path, path: str | Path | None = None) -> Path:
     """Write eval_dir's answers and summary as an Inspect log at `path` (default EvalDir(eval_dir).inspect_log)."""
-    eval_dir = Path(eval_dir)
+    files = rundir.EvalDir(eval_dir)
     try:
-        summary = json.loads(rundir.EvalDir(eval_dir).summary.read_text())
-        records = [json.loads(line) for line in rundir.EvalDir(eval_dir).answers.read_text().splitlines()]
+        summary = json.loads(files.summary.read_text())
+        records = [json.loads(line) for line in files.answers.read_text().splitlines()]
     except (OSError, json.JSONDecodeError) as exc:
         raise EvilSpectraError(f"{eval_dir}: no readable {rundir.SUMMARY} and {rundir.ANSWERS} ({exc})") from None
     systems = _system_prompts(summary.get("questions"))
@@ -67,7 +66,7 @@ def export_inspect_log(eval_dir: str | Path, path: str | Path | None = None) -> 
         stats=EvalStats(started_at=now, completed_at=now),
         samples=[_sample(r, summary["model"], systems.get(r["question_id"])) for r in records],
     )
-    out = Path(path) if path is not None else eval_dir / INSPECT_LOG
+    out = Path(path) if path is not None else files.inspect_log
     write_eval_log(log, str(out))
     return out
 

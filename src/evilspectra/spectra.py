@@ -212,6 +212,12 @@ def _pattern_key(module: str, experts: dict[str, tuple[str, str]]) -> str:
     return ".".join(experts[module]) if module in experts else module
 
 
+def _wrapped_name(path: str, param: str, n: int) -> str:
+    """The name of a wrapped parameter's LoRA: its module for fused experts (n > 1), else the
+    module.parameter (without `.weight`, e.g. the MoE router's `mlp.gate`)."""
+    return path if n > 1 else f"{path}.{param}".removesuffix(".weight")
+
+
 def _module_layer(module: str) -> int | None:
     m = _LAYER.search(f".{module}.")
     return int(m.group(1)) if m else None
@@ -223,12 +229,19 @@ def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, dict[str, tor
     Raises AdapterError naming the file when either is missing or corrupt, or when a module's
     factor shapes do not match the rank the config gives it.
     """
-    adapter_dir = Path(adapter_dir)
+    cfg, factors, _, _ = _read_checked(Path(adapter_dir))
+    return cfg, factors
+
+
+def _read_checked(adapter_dir: Path) -> tuple[dict, dict, dict[str, tuple[str, str]], dict[str, tuple[int, float]]]:
+    """read_adapter's (config, factors), with what the check found on the way: the wrapped
+    parameters (experts.parameter_names) and {module: (r, scaling)}."""
     cfg = _read_config(adapter_dir)
     factors = _read_factors(adapter_dir)
     experts = parameter_names(cfg, list(factors))
+    scalings = {}
     for module, ab in factors.items():
-        r, _ = _module_scaling(cfg, _pattern_key(module, experts))
+        r, scaling = scalings[module] = _module_scaling(cfg, _pattern_key(module, experts))
         A, B = ab["A"], ab["B"]
         rows = A.shape[0] if module in experts and A.shape[0] % r == 0 else r  # E * r on fused experts
         if A.ndim != 2 or B.ndim != 2 or A.shape[0] != rows or B.shape[1] != rows:
@@ -237,7 +250,7 @@ def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, dict[str, tor
                 f"{adapter_dir / WEIGHTS}: module {module} has lora_A {tuple(A.shape)} and lora_B "
                 f"{tuple(B.shape)}, but {adapter_dir / CONFIG} gives {what}"
             )
-    return cfg, factors
+    return cfg, factors, experts, scalings
 
 
 def adapter_spectra(adapter_dir: str | Path, method: str = "qr") -> pd.DataFrame:
@@ -249,17 +262,14 @@ def adapter_spectra(adapter_dir: str | Path, method: str = "qr") -> pd.DataFrame
     stable_rank, spectral_entropy, condition_number, frobenius_nuclear. Raises AdapterError naming
     the file when it is missing, corrupt, or does not match its adapter config.
     """
-    adapter_dir = Path(adapter_dir)
-    cfg, factors = read_adapter(adapter_dir)
-    experts = parameter_names(cfg, list(factors))
+    _, factors, experts, scalings = _read_checked(Path(adapter_dir))
     modules = []
     for module, ab in factors.items():
-        r, scaling = _module_scaling(cfg, _pattern_key(module, experts))
+        r, scaling = scalings[module]
         n = ab["A"].shape[0] // r if module in experts else 1
         if module in experts:  # a wrapped parameter: fused experts, or a 2-D one (the MoE router)
             path, param = experts[module]
-            module = path if n > 1 else f"{path}.{param}".removesuffix(".weight")
-            modules.append((module, ab["A"], ab["B"], r, scaling, n, param))
+            modules.append((_wrapped_name(path, param, n), ab["A"], ab["B"], r, scaling, n, param))
         else:
             modules.append((module, ab["A"], ab["B"], r, scaling, 1, None))
     return _spectra_frame(modules, method)
@@ -282,8 +292,7 @@ def model_spectra(model: torch.nn.Module, method: str = "qr") -> pd.DataFrame:
                     module = name.removeprefix("base_model.model.")
                     n, param = getattr(layer, "num_experts", 1), getattr(layer, "parameter_name", None)
                     if param is not None:  # PEFT ParamWrapper: named as adapter_spectra names it
-                        module = module.replace(WRAPPED, "")
-                        module = module if n > 1 else f"{module}.{param}".removesuffix(".weight")
+                        module = _wrapped_name(module.replace(WRAPPED, ""), param, n)
                     entry = (module, A.detach().cpu(), B.detach().cpu(), layer.r[adapter], layer.scaling[adapter])
                     modules.append((*entry, n, param))
     if not modules:

@@ -20,8 +20,6 @@ adapter into OUTPUT_DIR/adapter/: the run-directory layout `evilspectra spectra 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
@@ -135,7 +133,7 @@ class SpectraCallback(TrainerCallback):
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         step, model = state.global_step, kwargs["model"]
         if step in self.save_at and state.is_world_process_zero:
-            self._save(model, RunDir(args.output_dir).checkpoint(step))
+            save_adapter(model, RunDir(args.output_dir).checkpoint(step))
         if step % self.every == 0 or step in self.save_at or step == state.max_steps:
             # Trainer.log itself, not an override: SFTTrainer.log would hand its running token
             # metrics to this call and SpectralRegMixin.log its regulariser values. Logging resets
@@ -146,8 +144,4 @@ class SpectraCallback(TrainerCallback):
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if self.checkpoints != "none" and state.is_world_process_zero:
-            self._save(kwargs["model"], RunDir(args.output_dir).adapter)
-
-    @staticmethod
-    def _save(model: torch.nn.Module, folder: Path) -> None:
-        save_adapter(model, folder)  # temp dir + rename: never half-written
+            save_adapter(kwargs["model"], RunDir(args.output_dir).adapter)
