@@ -5,6 +5,7 @@ needs no core edit); audit references computed from data with provenance."""
 from __future__ import annotations
 
 import ast
+import html
 import json
 from pathlib import Path
 
@@ -101,6 +102,17 @@ def test_one_run_directory_analyses_and_reports(sweep_and_hand_runs, tmp_path):
     assert result["run_dirs"] == {manifest.run_id: str(runs[0].resolve())} and result["base_model"] == []
     invoke(["report", str(runs[0]), "--out", str(tmp_path / "report")])
     assert SweepDir(tmp_path / "report").report.is_file()
+
+
+@pytest.mark.slow
+def test_a_sweep_reported_into_another_directory_keeps_its_spectra_and_spec(sweep_and_hand_runs, tmp_path):
+    """`report SWEEP --out DIR`: the report finds the sweep's runs and spec from DIR (it once said
+    that no run had a spectrum and left the sweep's settings out)."""
+    sweep, _, _ = sweep_and_hand_runs
+    invoke(["report", str(sweep), "--out", str(tmp_path / "copy")])
+    page = SweepDir(tmp_path / "copy").report.read_text()
+    assert "No run has a final spectrum" not in page
+    assert html.escape(json.dumps(SPEC["name"])) in page  # the sweep's settings table
 
 
 @pytest.mark.slow

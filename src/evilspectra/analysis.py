@@ -56,6 +56,7 @@ from evilspectra.rundir import (
     RunDir,
     SweepDir,
     atomic_write_json,
+    atomic_write_text,
     config_columns,
     read_json,
 )
@@ -106,7 +107,7 @@ def analyze(
         "spectral_correlations": spectral_correlations(final),
         "regulariser": regulariser_effect(df),
         "base_model": base_models(source) if run_paths is None else [],
-        "run_dirs": {} if run_paths is None else _run_dirs(run_paths),
+        "run_dirs": _run_dirs(run_paths if run_paths is not None else _runs_elsewhere(source, df, dest)),
     }
     result["fits"] = loss_fits(df, plain, windows=windows, n_boot=n_boot, seed=seed)
     result["matched_loss"] = matched_loss(df, result["base_model"], n_boot=n_boot, seed=seed)
@@ -129,7 +130,10 @@ def _results_of(
     if len(paths) == 1 and not RunDir(paths[0]).is_run():
         df = load_results(paths[0])
         if out is not None and Path(out).resolve() != paths[0].resolve():
-            write_results(df, Path(out))  # the report of OUT reads its own copy
+            write_results(df, Path(out))  # the report of OUT reads its own copies of the table and spec
+            spec = SweepDir(paths[0]).spec
+            if spec.is_file():
+                atomic_write_text(SweepDir(out).spec, spec.read_text())
         return paths[0], df, None
     if out is None:
         raise DataError(f"analyze: give --out DIR for the analysis of run directories ({', '.join(map(str, paths))})")
@@ -140,8 +144,15 @@ def _results_of(
     return ", ".join(str(p) for p in paths), load_results(Path(out)), paths
 
 
+def _runs_elsewhere(sweep: Path, df: pd.DataFrame, dest: SweepDir) -> list[Path]:
+    """The run directories of a sweep analysed into another directory (none when analysed in place)."""
+    if dest.path.resolve() == Path(sweep).resolve():
+        return []
+    return [SweepDir(sweep).run(run_id).path for run_id in df["run_id"].dropna().unique()]
+
+
 def _run_dirs(paths: list[Path]) -> dict[str, str]:
-    """run id -> run directory, for analyses of hand-run directories (the report finds spectra there)."""
+    """run id -> run directory, for analyses written away from the runs (the report finds spectra there)."""
     out = {}
     for path in paths:
         manifest = RunDir(path).read_manifest()
