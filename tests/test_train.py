@@ -68,6 +68,11 @@ def test_run_directory_contract(tiny_model_dir, one_batch, tmp_path):
     assert manifest["config"]["lora"]["use_rslora"] is True
     assert manifest["system_prompt"] is None and manifest["seed"] == 0
     assert {"torch", "transformers", "peft", "python"} <= set(manifest["versions"])
+    # the machine: results differ between CPUs and BLAS code paths, so a run names them
+    machine = manifest["machine"]
+    assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert machine["blas"] and machine["cpu"] and machine["threads"] == torch.get_num_threads()
+    assert machine["gpu"] == (torch.cuda.get_device_name() if torch.cuda.is_available() else None)
     assert manifest["timings"]["train_seconds"] > 0 and manifest["steps_done"] == 5
     assert manifest["lora"]["modules"] == 2 * 7
     rows = read_metrics(run)

@@ -267,6 +267,7 @@ class Manifest(_Record):
     system_prompt: str | None = None
     seed: int | None = None
     versions: dict[str, str] = {}
+    machine: dict[str, Any] = {}  # rundir.machine_info(): CPU, kernel level, BLAS, threads, GPU
     timings: dict[str, Any] = {}
     steps_done: int | None = None
     total_steps: int | None = None
@@ -626,6 +627,39 @@ def read_metrics(run_dir: Path) -> list[dict]:
             except json.JSONDecodeError:
                 continue
     return rows
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine a result came from: float results differ between CPUs and BLAS code paths
+    (DESIGN.md section 7), so a run records its CPU, torch's kernel level, BLAS, threads and GPU."""
+    import torch  # the package's core dependency; imported here so `rundir` stays light to import
+
+    build = torch.__config__.show()
+    blas = re.search(r"BLAS_INFO=(\w+)", build)
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "arch": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "blas": blas.group(1) if blas else "unknown",
+        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+    # environment switches that choose another kernel path for the same code
+    for name in ("MKL_CBWR", "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS"):
+        if os.environ.get(name):
+            info[name] = os.environ[name]
+    return info
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; elsewhere what `platform` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def library_versions() -> dict[str, str]:

@@ -162,12 +162,28 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
 # ----------------------------------------------------------------------------------- one run
 
 
+def _public_spec(spec: SweepSpec) -> dict:
+    """The spec as sweep.json records it: every judge URL without credentials."""
+    from evilspectra.evaluate.endpoint import redact_settings
+
+    return redact_settings(spec.model_dump(mode="json"))
+
+
 def _eval_done(out: Path, settings: EvalSettings) -> bool:
+    """Finished: a summary made with these settings (placement and retry budget aside; the judge's
+    URL compared without credentials) in which every answer was judged: no judge error and no reply
+    without a number (`n_judge_retry`; `n_error` in summaries written before it)."""
+    from evilspectra.evaluate.endpoint import redact_settings
+
     summary = read_json(EvalDir(out).summary)
     if not summary or not isinstance(summary.get("settings"), dict):
         return False
-    saved = {k: v for k, v in summary["settings"].items() if k not in PLACEMENT_FIELDS}
-    return saved == {k: v for k, v in stable_dump(settings).items() if k not in PLACEMENT_FIELDS}
+    if summary.get("n_judge_retry", summary.get("n_error", 0)):
+        return False
+    ignored = PLACEMENT_FIELDS | {"judge_max_retries", "judge_backoff"}
+    saved = {k: v for k, v in redact_settings(summary["settings"]).items() if k not in ignored}
+    wanted = redact_settings(stable_dump(settings))
+    return saved == {k: v for k, v in wanted.items() if k not in ignored}
 
 
 @contextmanager
@@ -280,12 +296,21 @@ def run_ray(jobs: list[Job], max_parallel: int, address: str | None, on_done: Do
         raise ConfigError("--executor ray needs Ray: pip install 'evilspectra[ray]'") from exc
     if not ray.is_initialized():
         cpus = max(1, int(max_parallel * max((r.num_cpus for _, r in jobs), default=1)))
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            log_to_driver=False,
-            **({} if address else {"num_cpus": cpus}),
-        )
+        try:
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=False,
+                **({} if address else {"num_cpus": cpus}),
+            )
+        except Exception as exc:
+            if _refused_token(exc):
+                raise ConfigError(
+                    f"the Ray cluster at {address} refused this machine's token: copy the cluster's token "
+                    "(the head's ~/.ray/auth_token, made by `ray get-auth-token --generate`) here and point "
+                    "RAY_AUTH_TOKEN_PATH at it, or set RAY_AUTH_TOKEN (docs/scale.md)"
+                ) from exc
+            raise
     task = ray.remote(max_retries=RAY_RETRIES)(run_one)
     pending, queue = [], list(jobs)
     while queue or pending:
@@ -294,6 +319,17 @@ def run_ray(jobs: list[Job], max_parallel: int, address: str | None, on_done: Do
             pending.append(task.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus).remote(*args))
         done, pending = ray.wait(pending, num_returns=1)
         on_done(ray.get(done[0]))
+
+
+def _refused_token(exc: BaseException) -> bool:
+    """Whether Ray's connection failed on token authentication (Ray 2.60 wraps its
+    AuthenticationError in a ConnectionError whose cause's message quotes it)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if type(seen).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 # ----------------------------------------------------------------------------------- results
@@ -434,7 +470,7 @@ def run_sweep(
     """Run every unfinished run, then write and return the results table."""
     sweep = SweepDir(sweep_dir)
     sweep.path.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(sweep.spec, spec.model_dump(mode="json"))
+    atomic_write_json(sweep.spec, _public_spec(spec))  # the judge URL without credentials
     if spec.eval_base_model:
         for model in sorted({cfg.model for cfg in expand(spec)}):
             eval_base(model, spec.eval_for(model), sweep.base_eval(model).path)

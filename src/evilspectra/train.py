@@ -24,8 +24,10 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -41,8 +43,8 @@ from evilspectra.errors import ConfigError
 from evilspectra.experts import expert_layouts, expert_wrappers
 from evilspectra.integrations import trackers
 from evilspectra.models import attach_lora, load_base_model, load_tokenizer, lora_targets, pick_dtype, resolve_model
-from evilspectra.optim import build_optimizer, optimizer_class, resolved_hyperparameters
-from evilspectra.rundir import RunDir, atomic_write_json, library_versions, read_json, write_dir
+from evilspectra.optim import build_optimizer, check_optimizer, resolved_hyperparameters
+from evilspectra.rundir import RunDir, atomic_write_json, library_versions, machine_info, read_json, write_dir
 
 # progress(step, total_steps, loss) is called after every optimiser step
 ProgressFn = Callable[[int, int, float], None]
@@ -109,6 +111,7 @@ def _manifest(cfg: RunConfig, data: ChatDataset, status: str, **extra) -> dict:
         "system_prompt": cfg.system_prompt,
         "seed": cfg.seed,
         "versions": library_versions(),
+        "machine": machine_info(),
         **extra,
     }
 
@@ -122,20 +125,80 @@ def train(cfg: RunConfig, out: Path, progress: ProgressFn | None = None, report_
     (evilspectra.integrations.trackers), or "none".
     """
     out = Path(out)
-    trackers.check_tracker(report_to)  # a bad name or a missing package fails before any file is written
+    # Everything that can reject the config is checked before any file of `out` is touched, so a
+    # rejected command never resets a finished run: first what needs no model (cheap), then the model.
+    trackers.check_tracker(report_to)
+    check_optimizer(cfg.optimizer)
+    data = load_dataset_spec(cfg.dataset, seed=cfg.seed)
+    accelerator = Accelerator(**trackers.accelerator_kwargs(report_to, out))
+    setup = _setup(cfg, data, accelerator)
     # a second train/eval of this run refuses while this one lives; rank 0 holds the lock for all ranks
     # (evilspectra.launch holds it for the ranks it starts)
     owner = os.environ.get("RANK", "0") == "0" and not os.environ.get("EVILSPECTRA_LAUNCHER_HOLDS_LOCK")
     with RunDir(out).lock() if owner else nullcontext():
-        return _train(cfg, out, progress, report_to)
+        return _train(cfg, setup, out, accelerator, progress, report_to)
 
 
-def _train(cfg: RunConfig, out: Path, progress: ProgressFn | None, report_to: str) -> Path:
-    run = RunDir(out)
-    accelerator = Accelerator(**trackers.accelerator_kwargs(report_to, out))
-    device = accelerator.device
-    optimizer_class(cfg.optimizer.name)  # fail on a bad name before touching the run directory
-    data = load_dataset_spec(cfg.dataset, seed=cfg.seed)
+@dataclass
+class _Setup:
+    """A run ready for its first step: the data encoded, the model with LoRA, the optimiser."""
+
+    data: ChatDataset
+    tok: Any
+    template_kwargs: dict
+    encoded: list[dict]
+    targets: dict
+    params: list[torch.nn.Parameter]
+    raw_optimizer: torch.optim.Optimizer
+    steps: int
+    scheduler: Any
+    model: Any  # wrapped for the launch (DDP / FSDP)
+    optimizer: Any
+    regulariser: Callable[[], torch.Tensor] | None
+    dtype: torch.dtype
+
+
+def _setup(cfg: RunConfig, data: ChatDataset, accelerator: Accelerator) -> _Setup:
+    """Load and check everything training needs (data fit, model, LoRA targets, optimiser); writes nothing."""
+    torch.manual_seed(cfg.seed)  # LoRA A init, dropout
+    tok = load_tokenizer(cfg.model)
+    dtype = pick_dtype(cfg.train.dtype, accelerator.device)
+    template_kwargs = resolve_kwargs(tok, cfg.chat_template_kwargs)
+    encoded = encode_dataset_cached(tok, data, cfg.system_prompt, cfg.train.max_length, template_kwargs)
+    base = load_base_model(cfg.model, dtype, accelerator.device)
+    targets = lora_targets(base, cfg.lora)
+    model = attach_lora(base, cfg.lora, targets)
+    for peft_config in model.peft_config.values():  # the adapter names its base model loadably from anywhere
+        peft_config.base_model_name_or_path = resolve_model(cfg.model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    raw_optimizer = build_optimizer(params, cfg.optimizer, experts=expert_layouts(model))
+    steps = total_steps(cfg, len(encoded))
+    scheduler = get_scheduler(
+        cfg.train.schedule, raw_optimizer, num_warmup_steps=cfg.train.warmup_steps, num_training_steps=steps
+    )
+    wrapped, optimizer = _prepare(accelerator, model, raw_optimizer)
+    regulariser = _regulariser(cfg, accelerator.unwrap_model(wrapped))
+    return _Setup(
+        data,
+        tok,
+        template_kwargs,
+        encoded,
+        targets,
+        params,
+        raw_optimizer,
+        steps,
+        scheduler,
+        wrapped,
+        optimizer,
+        regulariser,
+        dtype,
+    )
+
+
+def _train(
+    cfg: RunConfig, setup: _Setup, out: Path, accelerator: Accelerator, progress: ProgressFn | None, report_to: str
+) -> Path:
+    run, data = RunDir(out), setup.data
     started = datetime.now(UTC).isoformat(timespec="seconds")
     manifest = _manifest(
         cfg,
@@ -151,7 +214,7 @@ def _train(cfg: RunConfig, out: Path, progress: ProgressFn | None, report_to: st
     trackers.start(accelerator, report_to, cfg.run_id(), out, manifest["config"])
     try:
         accelerator.wait_for_everyone()  # no rank writes into the run directory before it is fresh
-        result = _train_loop(cfg, data, out, accelerator, device, progress)
+        result = _train_loop(cfg, setup, out, accelerator, progress)
     except BaseException as exc:
         _record_failure(out, manifest, exc, accelerator)
         raise
@@ -181,26 +244,10 @@ def _record_failure(out: Path, manifest: dict, exc: BaseException, accelerator: 
     atomic_write_json(path, manifest)
 
 
-def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accelerator, device, progress) -> dict:
-    run = RunDir(out)
-    torch.manual_seed(cfg.seed)  # LoRA A init, dropout
-    tok = load_tokenizer(cfg.model)
-    dtype = pick_dtype(cfg.train.dtype, device)
-    template_kwargs = resolve_kwargs(tok, cfg.chat_template_kwargs)
-    encoded = encode_dataset_cached(tok, data, cfg.system_prompt, cfg.train.max_length, template_kwargs)
-    base = load_base_model(cfg.model, dtype, device)
-    targets = lora_targets(base, cfg.lora)
-    model = attach_lora(base, cfg.lora, targets)
-    for peft_config in model.peft_config.values():  # the adapter names its base model loadably from anywhere
-        peft_config.base_model_name_or_path = resolve_model(cfg.model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    raw_optimizer = build_optimizer(params, cfg.optimizer, experts=expert_layouts(model))
-    steps = total_steps(cfg, len(encoded))
-    scheduler = get_scheduler(
-        cfg.train.schedule, raw_optimizer, num_warmup_steps=cfg.train.warmup_steps, num_training_steps=steps
-    )
-    model, optimizer = _prepare(accelerator, model, raw_optimizer)
-    regulariser = _regulariser(cfg, accelerator.unwrap_model(model))
+def _train_loop(cfg: RunConfig, setup: _Setup, out: Path, accelerator: Accelerator, progress) -> dict:
+    run, device = RunDir(out), accelerator.device
+    tok, encoded, params, steps, scheduler = setup.tok, setup.encoded, setup.params, setup.steps, setup.scheduler
+    model, optimizer, regulariser = setup.model, setup.optimizer, setup.regulariser
     save_at = set(checkpoint_steps(cfg.train.checkpoints, steps))
 
     order = batch_order(len(encoded), cfg.seed, cfg.train.shuffle)
@@ -264,20 +311,20 @@ def _train_loop(cfg: RunConfig, data: ChatDataset, out: Path, accelerator: Accel
         "tokens": tokens_seen,
         "optimizer": {
             "name": cfg.optimizer.name,
-            "class": type(raw_optimizer).__name__,
-            "hyperparameters": resolved_hyperparameters(raw_optimizer),
+            "class": type(setup.raw_optimizer).__name__,
+            "hyperparameters": resolved_hyperparameters(setup.raw_optimizer),
         },
         "base_model": {"given": cfg.model, "resolved": resolve_model(cfg.model)},
-        "chat_template_kwargs": template_kwargs,
+        "chat_template_kwargs": setup.template_kwargs,
         "lora": {
             "trainable_parameters": sum(p.numel() for p in params),
             "modules": sum(1 for n, _ in unwrapped.named_modules() if n.endswith("lora_A")),
-            **_target_record(targets, unwrapped),
+            **_target_record(setup.targets, unwrapped),
         },
         "checkpoints": sorted(s for s in save_at if s <= steps_done),
         "sharded_parameters": sum(isinstance(p, DTensor) for p in model.parameters()),  # FSDP: the base weights
         "device": str(device),
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": str(setup.dtype).removeprefix("torch."),
         "timings": {"train_seconds": round(seconds, 3), "seconds_per_step": round(seconds / max(step, 1), 4)},
     }
 
