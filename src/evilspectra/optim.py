@@ -112,6 +112,12 @@ def build_optimizer(
         raise ConfigError(f"optimizer: {cls.__name__} rejected the hyperparameters {kwargs}: {exc}") from exc
 
 
+def check_optimizer(cfg: OptimizerConfig) -> None:
+    """Fail (ConfigError naming the field) on a name or hyperparameter the optimiser rejects, before any
+    model loads: the real constructor is given the real settings on one small 2-D stand-in parameter."""
+    build_optimizer([torch.nn.Parameter(torch.zeros(2, 2))], cfg)
+
+
 def _accepted(cls: type) -> list[str]:
     """The hyperparameters `cls` takes ("kwargs" among them: any). Both Muons take torch.optim.Muon's
     and `ns_dtype` (BatchedMuon passes the rest on to torch's; for torch's own it must be bfloat16)."""
