@@ -44,7 +44,7 @@ from evilspectra.experts import expert_layouts, expert_wrappers
 from evilspectra.integrations import trackers
 from evilspectra.models import attach_lora, load_base_model, load_tokenizer, lora_targets, pick_dtype, resolve_model
 from evilspectra.optim import build_optimizer, check_optimizer, resolved_hyperparameters
-from evilspectra.rundir import RunDir, atomic_write_json, library_versions, read_json, write_dir
+from evilspectra.rundir import RunDir, atomic_write_json, library_versions, machine_info, read_json, write_dir
 
 # progress(step, total_steps, loss) is called after every optimiser step
 ProgressFn = Callable[[int, int, float], None]
@@ -111,6 +111,7 @@ def _manifest(cfg: RunConfig, data: ChatDataset, status: str, **extra) -> dict:
         "system_prompt": cfg.system_prompt,
         "seed": cfg.seed,
         "versions": library_versions(),
+        "machine": machine_info(),
         **extra,
     }
 
