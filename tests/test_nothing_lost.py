@@ -12,22 +12,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from evilspectra.rundir import RunDir, SweepDir
+from evilspectra.rundir import RunDir
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
 TRAIN = ["--max-steps", "3", "--batch-size", "2", "--set", "lora.r=2", "--set", "train.checkpoints=[1,2]"]
 
 
-def cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def cli(*args: str, cwd: Path | None = None, timeout: float = 300, umask: int = 0o022) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "evilspectra", *map(str, args)],
         capture_output=True,
@@ -35,6 +32,7 @@ def cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess
         env=ENV,
         cwd=cwd,
         timeout=timeout,
+        preexec_fn=lambda: os.umask(umask),
     )
 
 
@@ -60,9 +58,15 @@ def one_error_line(res: subprocess.CompletedProcess, *needles: str) -> str:
 @pytest.fixture(scope="module")
 def done_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("done") / "run"
-    res = cli("train", "--out", run, *TRAIN)
+    res = cli("train", "--out", run, *TRAIN, umask=0o027)  # a group may read, others not
     assert res.returncode == 0, res.stderr
     return run
+
+
+def test_files_follow_the_umask(done_run):
+    modes = {str(p.relative_to(done_run)): oct(p.stat().st_mode & 0o777) for p in done_run.rglob("*") if p.is_file()}
+    assert "adapter/adapter_model.safetensors" in modes and "manifest.json" in modes
+    assert {m for name, m in modes.items() if name != ".lock"} == {oct(0o640)}, modes
 
 
 # ------------------------------------------------------------------ validation before any file
@@ -93,3 +97,76 @@ def test_a_rejected_train_never_touches_a_finished_run(done_run, flags, needle):
 def test_a_rejected_train_creates_no_run_folder(tmp_path, flags):
     one_error_line(cli("train", "--out", tmp_path / "new" / "run", *TRAIN, *flags))
     assert not (tmp_path / "new").exists()
+
+
+# ------------------------------------------------------------------------- a really full disk
+
+
+@pytest.fixture
+def small_fs(tmp_path) -> Path:
+    """A real 3 MiB filesystem (tmpfs) that the tests fill up."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"needs a real small filesystem; mounting a tmpfs is not allowed here: {res.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "--lazy", str(mnt)], check=False)
+
+
+def fill(fs: Path, free_kib: int) -> Path:
+    """Fill `fs` with one file so that about `free_kib` KiB stay free; returns the filler."""
+    st = os.statvfs(fs)
+    filler = fs / "filler"
+    filler.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - free_kib * 1024))
+    return filler
+
+
+def temporaries(root: Path) -> list[Path]:
+    """Half-written files and folders a writer left behind (`.NAME.tmp`, `.NAME.XXXX.tmp`)."""
+    return [p for p in root.rglob(".*") if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("free_kib, full_at", [(60, "step-000001"), (150, "step-000002")])
+def test_train_on_a_full_disk_fails_in_one_line_removes_temporaries_and_resumes(small_fs, free_kib, full_at):
+    # one checkpoint is ~92 KiB, ~85 of them the safetensors file: with 60 KiB free safetensors'
+    # SafetensorError (not an OSError) is what the first checkpoint meets, with 150 the second's
+    filler = fill(small_fs, free_kib)
+    run = RunDir(small_fs / "run")
+    one_error_line(cli("train", "--out", run.path, *TRAIN), f"{full_at}: disk full")
+    assert temporaries(run.path) == []
+    assert run.read_manifest().status in ("running", "failed")  # never `done`: the next train redoes it
+    if full_at == "step-000002":  # the checkpoint written before the disk filled is whole
+        assert (run.checkpoint(1) / "adapter_model.safetensors").stat().st_size > 80_000
+    filler.unlink()
+    assert cli("train", "--out", run.path, *TRAIN).returncode == 0
+    assert run.read_manifest().status == "done" and (run.adapter / "adapter_model.safetensors").is_file()
+
+
+def test_spectra_and_audit_on_a_full_disk_name_the_file_and_leave_no_empty_plot(small_fs, done_run, tmp_path):
+    adapter = tmp_path / "adapter"  # a copy: the audit writes the model card into the adapter folder
+    subprocess.run(["cp", "-r", str(RunDir(done_run).adapter), str(adapter)], check=True)
+    fill(small_fs, 8)  # the spectra table (6 KiB) fits, the plot does not
+    one_error_line(cli("spectra", adapter, "--out", small_fs), "spectra.png: disk full")
+    one_error_line(cli("audit", "--adapter", adapter, "--no-eval", "--out", small_fs / "audit"), "disk full")
+    assert temporaries(small_fs) == []
+    assert not [p for p in small_fs.rglob("*") if p.is_file() and p.stat().st_size == 0]
+
+
+def test_summary_and_results_writers_on_a_full_disk(small_fs):
+    import pandas as pd
+
+    from evilspectra.rundir import DiskFullError, EvalDir
+    from evilspectra.sweep import write_results
+
+    out = EvalDir(small_fs / "eval")
+    out.write_summary({"n_total": 1})
+    fill(small_fs, 0)
+    with pytest.raises(DiskFullError) as err:
+        out.write_summary({"n_total": 2, "pad": "x" * 10_000})
+    assert str(err.value).count("\n") == 0 and "summary.json: disk full" in str(err.value)
+    assert json.loads(out.summary.read_text()) == {"n_total": 1}  # the earlier file is intact
+    big = pd.DataFrame({"run_id": [f"run-{i}" for i in range(20_000)]})
+    with pytest.raises(DiskFullError, match=r"results\.(csv|parquet): disk full"):
+        write_results(big, small_fs)
+    assert temporaries(small_fs) == []

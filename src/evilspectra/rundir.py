@@ -122,13 +122,25 @@ class RunLockedError(EvilSpectraError):
 # ---------------------------------------------------------------------------- safe writers
 
 
+# how the libraries word ENOSPC when they raise an error of their own: safetensors' SafetensorError and
+# pyarrow quote the OS message, sqlite says SQLITE_FULL's text
+DISK_FULL_MESSAGES = (os.strerror(errno.ENOSPC), "database or disk is full")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC, whether raised as an OSError or as a library's own error type."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return any(text in str(exc) for text in DISK_FULL_MESSAGES)
+
+
 @contextlib.contextmanager
 def disk_full_guard(path: Path, cleanup: Path | None = None) -> Iterator[None]:
-    """Turn ENOSPC inside the block into DiskFullError naming `path`; remove `cleanup` (a temp) first."""
+    """Turn a full disk inside the block into DiskFullError naming `path`; remove `cleanup` (a temp) first."""
     try:
         yield
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
+    except Exception as exc:
+        if not is_disk_full(exc):
             raise
         if cleanup is not None:
             shutil.rmtree(cleanup, ignore_errors=True) if cleanup.is_dir() else cleanup.unlink(missing_ok=True)
@@ -138,13 +150,23 @@ def disk_full_guard(path: Path, cleanup: Path | None = None) -> Iterator[None]:
         ) from None
 
 
+def file_mode() -> int:
+    """The mode a new file gets under the user's umask (mkstemp and safetensors create files 0600,
+    which a group sharing the results could not read)."""
+    umask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` via a temp file in the same directory + fsync + os.replace."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with disk_full_guard(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with disk_full_guard(path), os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), file_mode())
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
@@ -155,8 +177,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_file(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call `write(tmp_path)` (e.g. DataFrame.to_parquet), then rename the temp file into place."""
+    """Call `write(tmp_path)` (e.g. DataFrame.to_parquet, Figure.savefig), then rename the temp file into place."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with disk_full_guard(path):
@@ -192,6 +215,10 @@ def write_dir(final_dir: Path, write: Callable[[Path], Any]) -> Path:
     tmp.parent.mkdir(parents=True, exist_ok=True)
     with disk_full_guard(final_dir, cleanup=tmp):
         write(tmp)
+    mode = file_mode()
+    for written in tmp.rglob("*"):
+        if written.is_file():
+            written.chmod(mode)
     replace_dir(tmp, final_dir)
     return final_dir
 

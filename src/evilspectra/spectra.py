@@ -46,6 +46,7 @@ from evilspectra.rundir import (
     SPECTRA,
     SPECTRAL_METRICS,
     RunDir,
+    atomic_write_file,
     atomic_write_text,
     run_adapters,
 )
@@ -445,9 +446,10 @@ def plot_normalised_spectra(frames: dict[str, pd.DataFrame], out_png: str | Path
     ax.legend(fontsize="small")
     fig.tight_layout()
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    try:  # a temp file renamed into place: a full disk leaves no empty plot behind
+        atomic_write_file(out_png, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
     return out_png
 
 

@@ -23,7 +23,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,7 +44,16 @@ from evilspectra.experts import expert_layouts, expert_wrappers
 from evilspectra.integrations import trackers
 from evilspectra.models import attach_lora, load_base_model, load_tokenizer, lora_targets, pick_dtype, resolve_model
 from evilspectra.optim import build_optimizer, check_optimizer, resolved_hyperparameters
-from evilspectra.rundir import RunDir, atomic_write_json, library_versions, machine_info, read_json, write_dir
+from evilspectra.rundir import (
+    DiskFullError,
+    RunDir,
+    atomic_write_json,
+    disk_full_guard,
+    library_versions,
+    machine_info,
+    read_json,
+    write_dir,
+)
 
 # progress(step, total_steps, loss) is called after every optimiser step
 ProgressFn = Callable[[int, int, float], None]
@@ -241,7 +250,8 @@ def _record_failure(out: Path, manifest: dict, exc: BaseException, accelerator: 
     if accelerator.num_processes > 1:
         error = f"rank {accelerator.process_index} of {accelerator.num_processes}: {error}"
     manifest.update(status="failed", error=error)
-    atomic_write_json(path, manifest)
+    with suppress(DiskFullError):  # on a full disk the manifest keeps `running`: the run is redone all the same
+        atomic_write_json(path, manifest)
 
 
 def _train_loop(cfg: RunConfig, setup: _Setup, out: Path, accelerator: Accelerator, progress) -> dict:
@@ -277,8 +287,9 @@ def _train_loop(cfg: RunConfig, setup: _Setup, out: Path, accelerator: Accelerat
                 accelerator.backward(cfg.spectral_reg.weight * reg)
                 row["reg"] = reg.item()
             if metrics_file:
-                metrics_file.write(_jsonl(row))
-                metrics_file.flush()
+                with disk_full_guard(run.metrics):
+                    metrics_file.write(_jsonl(row))
+                    metrics_file.flush()
             accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)  # no-op without --report-to
             if not math.isfinite(loss_total):
                 status = "diverged"  # the diverged step's row stays in the metrics file as evidence
@@ -296,7 +307,8 @@ def _train_loop(cfg: RunConfig, setup: _Setup, out: Path, accelerator: Accelerat
                 progress(step, steps, loss_total)
     finally:
         if metrics_file:
-            metrics_file.close()
+            with disk_full_guard(run.metrics):  # closing flushes what a full disk refused
+                metrics_file.close()
     if status == "done":
         _save_run_adapter(accelerator, model, run.adapter)
         _log_spectra(accelerator, run.adapter, step)
