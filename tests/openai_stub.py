@@ -89,9 +89,12 @@ def completion(model: str, top: dict[str, float] | None, *, empty: bool = False)
 
 
 class OpenAIStub:
-    """Start with `with OpenAIStub() as stub:`; point the client at `stub.base_url`."""
+    """Start with `with OpenAIStub() as stub:`; point the client at `stub.base_url`.
 
-    def __init__(self, scorer=default_top_logprobs, latency: float = 0.0) -> None:
+    `port`: 0 picks a free port; a given port lets a test stop the server and start another one at
+    the same URL (a judge that goes down and comes back)."""
+
+    def __init__(self, scorer=default_top_logprobs, latency: float = 0.0, port: int = 0) -> None:
         self.scorer = scorer
         self.latency = latency  # seconds before every normal reply
         self.in_flight = self.max_in_flight = 0
@@ -99,7 +102,7 @@ class OpenAIStub:
         self.rules: list[list] = []  # [marker, fault, remaining or None]
         self.requests: list[dict] = []  # every request received: body, headers, fault served
         self._lock = threading.Lock()
-        self._server = _QuietServer(("127.0.0.1", 0), _Handler)
+        self._server = _QuietServer(("127.0.0.1", port), _Handler)
         self._server.stub = self
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 

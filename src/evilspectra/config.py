@@ -112,6 +112,15 @@ class JudgingSettings(_Strict):
     judge_base_url: str | None = None
     judge_api_key_env: str = "OPENAI_API_KEY"
     judge_concurrency: int = Field(8, ge=1)
+    judge_max_retries: int = Field(6, ge=0, description="retries of a failed judge call after its first try")
+    judge_backoff: float = Field(1.0, gt=0, description="seconds before the first retry; doubles per retry")
+
+    @field_validator("judge_base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        from evilspectra.evaluate.endpoint import check_base_url
+
+        return None if v is None else check_base_url(v)
 
 
 class ScoringSettings(_Strict):
@@ -134,7 +143,7 @@ class ScoringSettings(_Strict):
 
 # Fields added after evaluations were recorded: left out of the dump at their default, so a finished
 # evaluation's recorded settings still match (sweep resume compares them)
-_ADDED_EVAL_DEFAULTS = {"convention": None}
+_ADDED_EVAL_DEFAULTS = {"convention": None, "judge_max_retries": 6, "judge_backoff": 1.0}
 EVAL_PARTS = {"sampling": SamplingSettings, "judging": JudgingSettings, "scoring": ScoringSettings}
 
 

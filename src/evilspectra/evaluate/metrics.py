@@ -45,6 +45,7 @@ COLUMNS = [
     "verdict",
     "error",
     "labels",
+    "unscored",  # why the judge gave no number (judge.LOW_MASS / NO_NUMBER per metric); None if scored
 ]
 OUTCOMES = list(rundir.OUTCOMES)  # the one list of outcomes lives with the artefacts contract
 CONVENTIONS = ("original", "model-organisms", "paper")
@@ -96,6 +97,7 @@ def summarize(
     Counts `n_<outcome>` and shares `share_<outcome>` = n / n_total are given for every outcome,
     plus n_scored = coherent + incoherent (the answers the judge put numbers on).
     `labels`: judge prompt name -> {label: count} over the labelled answers (free_form_judge).
+    `unscored_reasons`: why -> count over the unscored answers (the judge's `unscored` note).
     CIs of the headline rate and mean: percentile bootstrap (95%) resampling answers with
     replacement, `n_boot` times, seeded; None when n_boot is 0.
     `per_question`: question id -> the same counts, headline rate and labels for its answers.
@@ -109,6 +111,8 @@ def summarize(
     summary.update(_counts(outcome))
     summary["conventions"] = {name: _rates(*rated[name]) for name in CONVENTIONS}
     summary["labels"] = _label_counts(df["labels"][outcome == "labelled"])
+    why = Counter(w if isinstance(w, str) else "not recorded" for w in df["unscored"][outcome == "unscored"])
+    summary["unscored_reasons"] = dict(why.most_common())
     summary["rate_ci95"] = summary["mean_aligned_ci95"] = None
     if len(df) and in_denom.any() and n_boot > 0:
         rate_ci, mean_ci = _bootstrap(in_denom.to_numpy(), misaligned.to_numpy(), aligned.to_numpy(), n_boot, seed)

@@ -7,8 +7,11 @@ Files written into `out`, an EvalDir (names in evilspectra.rundir), each atomica
     samples_meta  the fingerprint of what produced them (model, adapter bytes, questions,
                   sampling settings); a rerun with the same fingerprint reuses the samples
     judge_cache   the LLM judge's persistent cache (a rerun pays for nothing twice)
-    answers       one line per answer: the sample + aligned, coherent, verdict, error
-    summary       summarize() of the outcome table + model, adapter, judge, settings
+    answers       one line per answer: the sample + aligned, coherent, verdict, error, unscored
+    summary       summarize() of the outcome table + model, adapter, judge, its endpoint (no
+                  credentials), settings, and `n_judge_retry`: answers whose judge calls a rerun
+                  asks again (errors, replies without a number token); an evaluation with any is
+                  not finished. When every answer is such, evaluate() raises JudgeError after writing.
 """
 
 from __future__ import annotations
@@ -16,14 +19,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import sys
 import warnings
 from collections.abc import Callable, Collection
 from dataclasses import asdict
 from pathlib import Path
 
 from evilspectra.config import EvalSettings, stable_dump
-from evilspectra.errors import ConfigError, QuestionsWarning
-from evilspectra.evaluate.judge import estimate_calls, judge_all, make_judge
+from evilspectra.errors import ConfigError, JudgeError, QuestionsWarning
+from evilspectra.evaluate.endpoint import public_url, redact_settings
+from evilspectra.evaluate.judge import NO_NUMBER, estimate_calls, judge_all, make_judge
 from evilspectra.evaluate.metrics import outcome_table, summarize
 from evilspectra.evaluate.questions import LABELLED, load_questions
 from evilspectra.evaluate.sampling import (
@@ -101,6 +106,8 @@ def evaluate(
         api_key_env=settings.judge_api_key_env,
         concurrency=settings.judge_concurrency,
         cache_path=judge_cache or files.judge_cache,
+        max_retries=settings.judge_max_retries,
+        backoff_base=settings.judge_backoff,
     )
     _warn_unused_judge_field(questions, judge.name, settings.questions)
 
@@ -120,6 +127,28 @@ def evaluate(
 
     records = [{**asdict(s), **asdict(j)} for s, j in zip(samples, judgements)]
     atomic_write_text(files.answers, "".join(json.dumps(r) + "\n" for r in records))
+    summary = summarize_records(records, settings)
+    summary.update(
+        model=model,
+        model_path=resolve_model(model),
+        adapter=str(adapter_dir) if adapter_dir else None,
+        judge=judge.name,
+        judge_base_url=public_url(settings.judge_base_url),
+        questions=settings.questions,
+        question_ids=[q.id for q in questions],
+        temperatures={q.id: temperature_for(q, settings) for q in questions},
+        samples_per_paraphrase={q.id: samples_for(q, settings) for q in questions},
+        settings=redact_settings(stable_dump(settings)),
+        chat_template_kwargs=samples[0].chat_template_kwargs,  # resolved (family defaults + settings)
+        samples_reused=reused,
+    )
+    files.write_summary(summary)
+    check_judged(summary, files)
+    return summary
+
+
+def summarize_records(records: list[dict], settings: EvalSettings) -> dict:
+    """summarize() of answer records under `settings`' scoring, plus `n_judge_retry` (module docstring)."""
     summary = summarize(
         outcome_table(records),
         aligned_threshold=settings.aligned_threshold,
@@ -129,21 +158,27 @@ def evaluate(
         seed=settings.seed,
         convention=settings.convention,
     )
-    summary.update(
-        model=model,
-        model_path=resolve_model(model),
-        adapter=str(adapter_dir) if adapter_dir else None,
-        judge=judge.name,
-        questions=settings.questions,
-        question_ids=[q.id for q in questions],
-        temperatures={q.id: temperature_for(q, settings) for q in questions},
-        samples_per_paraphrase={q.id: samples_for(q, settings) for q in questions},
-        settings=stable_dump(settings),
-        chat_template_kwargs=samples[0].chat_template_kwargs,  # resolved (family defaults + settings)
-        samples_reused=reused,
-    )
-    files.write_summary(summary)
+    summary["n_judge_retry"] = sum(r["verdict"] == "error" or NO_NUMBER in (r.get("unscored") or "") for r in records)
     return summary
+
+
+def check_judged(summary: dict, files: EvalDir) -> None:
+    """JudgeError when no answer got a judgement (the judge is down or never answers with a
+    number); a note on stderr when some did not (a rerun asks those calls again)."""
+    n_retry, n_total = summary["n_judge_retry"], summary["n_total"]
+    if n_total and n_retry == n_total:
+        raise JudgeError(
+            f"{files.summary}: no judge call succeeded ({n_total} of {n_total} answers: "
+            f"{summary['n_error']} judge errors, {n_total - summary['n_error']} replies without a number) "
+            f"from judge {summary['judge']} at {summary.get('judge_base_url') or 'the default endpoint'}; "
+            "the samples are kept: rerun when the judge answers"
+        )
+    if n_retry:
+        print(
+            f"note: {n_retry} of {n_total} answers in {files.path} have no judgement yet (judge errors or "
+            "replies without a number); rerun to ask those calls again",
+            file=sys.stderr,
+        )
 
 
 def _warn_unused_judge_field(questions: list[Question], judge_name: str, source: str) -> None:

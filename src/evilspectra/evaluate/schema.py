@@ -42,6 +42,7 @@ class Judgement:
     verdict: Verdict = "ok"
     error: str | None = None  # cause of a judge error, e.g. "HTTP 429 after 5 tries"
     labels: dict[str, str] | None = None
+    unscored: str | None = None  # why a score is missing on an "ok" verdict, per metric (judge.LOW_MASS...)
 
 
 class Judge(Protocol):
