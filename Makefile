@@ -4,7 +4,7 @@
 PY ?= python3
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: install install-dev demo test lint
+.PHONY: install install-dev demo test test-numerics lint
 
 # torch first, pinned: an open range would pull a multi-GB CUDA build
 install:
@@ -18,8 +18,15 @@ install-dev:
 demo: install
 	evilspectra demo --out demo
 
+# in a random order (pytest-randomly; its seed is printed, `-p randomly -p "randomly_seed=N"` replays it)
 test: install-dev
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2
+
+# the tests whose figures depend on the CPU's float kernels, for a rerun under another code path:
+#   MKL_CBWR=COMPATIBLE ATEN_CPU_CAPABILITY=default make test-numerics
+NUMERICS := tests/test_multiprocess.py tests/test_families.py tests/test_fast.py tests/test_reliability.py
+test-numerics: install-dev
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 $(NUMERICS)
 
 lint: install-dev
 	$(PY) -m ruff check .

@@ -56,7 +56,7 @@ class TrainSettings(_Strict):
     max_length: int = Field(512, ge=8)
     max_grad_norm: float | None = Field(None, gt=0)
     checkpoints: Literal["log", "none"] | int | list[int] = "log"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "float64"] = "auto"  # float64: numerics checks
     shuffle: bool = True
     fused_loss: bool = Field(False, description="chunked LM head + cross-entropy: no full logits (1 process)")
 
