@@ -90,6 +90,10 @@ FINAL = "final"  # label of the final adapter (RUN/adapter) and of its evaluatio
 FINISHED = {"done", "diverged"}  # runs a resumed sweep does not redo
 STEP_DIR = re.compile(r"^step-(\d+)$")  # RUN/checkpoints/step-NNNNNN; `.step-N.tmp` are half-written
 INSPECT_LOG = "inspect.eval"  # `eval --format inspect`: the evaluation as an Inspect AI log
+# `rejudge`: RUN/eval/<label><REJUDGE_SEP><judge label>/ re-judges RUN/eval/<label>/'s samples
+REJUDGE_SEP = "--"
+JUDGE_RESULTS = "results_by_judge.csv"  # SWEEP/: results rows of every judge, `eval_label` column
+AGREEMENT_JSON, AGREEMENT_PNG = "agreement.json", "agreement.png"  # `judges compare --out DIR`
 EVAL_FILES = (SAMPLES, SAMPLES_META, ANSWERS, SUMMARY, JUDGE_CACHE, INSPECT_LOG)
 
 # ---------------------------------------------------------------------------- outcome names

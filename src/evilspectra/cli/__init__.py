@@ -33,6 +33,8 @@ def _register() -> None:
         card_cmd,  # noqa: F401
         demo_cmd,  # noqa: F401
         eval_cmd,  # noqa: F401
+        judges_cmd,  # noqa: F401
+        rejudge_cmd,  # noqa: F401
         spectra_cmd,  # noqa: F401
         sweep_cmd,  # noqa: F401
         toy_cmd,  # noqa: F401

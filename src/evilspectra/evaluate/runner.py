@@ -100,15 +100,7 @@ def evaluate(
         raise ConfigError(f"eval: no questions selected from {settings.questions!r}")
     adapter_dir = resolve_adapter(adapter) if adapter is not None else None
     # build the judge first: a missing API key must fail before minutes of sampling
-    judge = judge or make_judge(
-        settings.judge,
-        base_url=settings.judge_base_url,
-        api_key_env=settings.judge_api_key_env,
-        concurrency=settings.judge_concurrency,
-        cache_path=judge_cache or files.judge_cache,
-        max_retries=settings.judge_max_retries,
-        backoff_base=settings.judge_backoff,
-    )
+    judge = judge or build_judge(settings, judge_cache or files.judge_cache)
     _warn_unused_judge_field(questions, judge.name, settings.questions)
 
     fingerprint = sampling_fingerprint(model, adapter_dir, questions, settings)
@@ -119,6 +111,44 @@ def evaluate(
         atomic_write_text(files.samples, samples_to_jsonl(samples))
         atomic_write_json(files.samples_meta, {"fingerprint": fingerprint, "n": len(samples)})
 
+    fields = {
+        "model": model,
+        "model_path": resolve_model(model),
+        "adapter": str(adapter_dir) if adapter_dir else None,
+        "questions": settings.questions,
+        "question_ids": [q.id for q in questions],
+        "temperatures": {q.id: temperature_for(q, settings) for q in questions},
+        "samples_per_paraphrase": {q.id: samples_for(q, settings) for q in questions},
+        "chat_template_kwargs": samples[0].chat_template_kwargs,  # resolved (family defaults + settings)
+        "samples_reused": reused,
+    }
+    return judge_samples(samples, questions, judge, settings, files, fields, progress)
+
+
+def build_judge(settings: EvalSettings, cache_path: Path | None) -> Judge:
+    """The judge `settings` name (their judging part), caching into `cache_path`."""
+    return make_judge(
+        settings.judge,
+        base_url=settings.judge_base_url,
+        api_key_env=settings.judge_api_key_env,
+        concurrency=settings.judge_concurrency,
+        cache_path=cache_path,
+        max_retries=settings.judge_max_retries,
+        backoff_base=settings.judge_backoff,
+    )
+
+
+def judge_samples(
+    samples: list[Sample],
+    questions: list[Question],
+    judge: Judge,
+    settings: EvalSettings,
+    files: EvalDir,
+    fields: dict,
+    progress: bool = True,
+) -> dict:
+    """Judge sampled answers, write `files`' answers and summary (+ `fields`), return the summary.
+    Raises JudgeError (after writing) when no answer got a judgement (check_judged)."""
     by_id = {q.id: q for q in questions}
     items = [(by_id[s.question_id], s.paraphrase, s.answer) for s in samples]
     with progress_bar(progress) as bar:
@@ -128,19 +158,11 @@ def evaluate(
     records = [{**asdict(s), **asdict(j)} for s, j in zip(samples, judgements)]
     atomic_write_text(files.answers, "".join(json.dumps(r) + "\n" for r in records))
     summary = summarize_records(records, settings)
+    summary.update(fields)
     summary.update(
-        model=model,
-        model_path=resolve_model(model),
-        adapter=str(adapter_dir) if adapter_dir else None,
         judge=judge.name,
         judge_base_url=public_url(settings.judge_base_url),
-        questions=settings.questions,
-        question_ids=[q.id for q in questions],
-        temperatures={q.id: temperature_for(q, settings) for q in questions},
-        samples_per_paraphrase={q.id: samples_for(q, settings) for q in questions},
         settings=redact_settings(stable_dump(settings)),
-        chat_template_kwargs=samples[0].chat_template_kwargs,  # resolved (family defaults + settings)
-        samples_reused=reused,
     )
     files.write_summary(summary)
     check_judged(summary, files)
