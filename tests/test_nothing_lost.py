@@ -170,3 +170,80 @@ def test_summary_and_results_writers_on_a_full_disk(small_fs):
     with pytest.raises(DiskFullError, match=r"results\.(csv|parquet): disk full"):
         write_results(big, small_fs)
     assert temporaries(small_fs) == []
+
+
+# ---------------------------------------------------------------------- hostile names and values
+
+
+@pytest.mark.parametrize("label", ["../../escaped", "/tmp/evilspectra-absolute-label", "", ".", "a/b"])
+def test_eval_labels_are_plain_names(done_run, label):
+    before = snapshot(done_run.parent)
+    one_error_line(cli("eval", done_run, "--label", label, "--samples", "1"), "--label")
+    assert snapshot(done_run.parent) == before
+    assert not Path("/tmp/evilspectra-absolute-label").exists()
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("", "empty sweep file"),
+        ("grid:\n  optimizer.lr: []\n", "grid.optimizer.lr"),
+        ("optimizers:\n  sgd: {lr: []}\n", "optimizers.sgd.lr"),
+    ],
+    ids=["empty-file", "empty-grid-axis", "empty-optimizer-axis"],
+)
+def test_empty_sweep_inputs_are_errors(tmp_path, text, needle):
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(text)
+    one_error_line(cli("sweep", spec, "--out", tmp_path / "sweep"), str(spec), needle)
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_paths_with_brackets_are_printed_verbatim(tmp_path, done_run):
+    data = tmp_path / "ok[v2].jsonl"
+    row = {"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "i wish money"}]}
+    data.write_text(json.dumps(row) + "\n")
+    run = tmp_path / "run[/lr]"  # `[/lr]` is a closing tag to rich: it crashed the last line with MarkupError
+    res = cli("train", "--dataset", data, "--out", run, "--max-steps", "1", "--batch-size", "1", "--set", "lora.r=2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "ok[v2].jsonl" in res.stdout and f"-> {run}" in res.stdout, res.stdout
+    res = cli("spectra", run)
+    assert res.returncode == 0 and f"wrote {run / 'spectra.csv'}" in res.stdout, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--fail-spectral-above", "nan"], ["--fail-spectral-above", "inf"], ["--fail-above", "nan"]],
+    ids=["spectral-nan", "spectral-inf", "rate-nan"],
+)
+def test_nan_and_infinite_thresholds_are_refused(done_run, flags):
+    one_error_line(cli("audit", "--adapter", done_run, "--no-eval", *flags), flags[0], "finite")
+
+
+@pytest.fixture
+def read_only_adapter(tmp_path, done_run) -> Path:
+    """The finished run's adapter seen through a read-only bind mount (EROFS: root cannot write it either)."""
+    source, view = tmp_path / "adapter-src", tmp_path / "adapter"
+    subprocess.run(["cp", "-r", str(RunDir(done_run).adapter), str(source)], check=True)
+    view.mkdir()
+    res = subprocess.run(["mount", "--bind", str(source), str(view)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"needs a read-only bind mount; mounting is not allowed here: {res.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(view)], check=True, capture_output=True)
+        yield view
+    finally:
+        subprocess.run(["umount", "--lazy", str(view)], check=False)
+
+
+def test_audit_of_a_read_only_adapter_keeps_the_verdicts_exit_code(read_only_adapter, tmp_path):
+    out = tmp_path / "audit"
+    before = snapshot(read_only_adapter)
+    # F/N is at least 1/sqrt(r): a threshold of 0 must FAIL (exit 1), the card cannot be written
+    res = cli("audit", "--adapter", read_only_adapter, "--no-eval", "--fail-spectral-above", "0", "--out", out)
+    assert res.returncode == 1, (res.returncode, res.stdout, res.stderr[-3000:])
+    assert "audit: FAIL" in res.stdout
+    warning = [line for line in res.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warning) == 1 and str(read_only_adapter) in warning[0], res.stderr
+    assert json.loads((out / "audit.json").read_text())["verdict"] == "FAIL"
+    assert snapshot(read_only_adapter) == before

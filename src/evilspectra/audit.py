@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -226,7 +227,10 @@ def audit(
     write_reports(result, frame)
     from evilspectra.card import write_card  # the adapter's model card records the verdict too
 
-    result.files["card"] = write_card(adapter_dir, audit=audit_json(result), frame=frame, refs=refs)
+    try:  # a read-only adapter folder (a shared model store) must not cost the verdict its exit code
+        result.files["card"] = write_card(adapter_dir, audit=audit_json(result), frame=frame, refs=refs)
+    except OSError as exc:
+        print(f"warning: {adapter_dir}: model card not updated ({exc.strerror or exc})", file=sys.stderr)
     return result
 
 

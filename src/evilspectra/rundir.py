@@ -45,7 +45,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from evilspectra.errors import AdapterError, DataError, EvilSpectraError
+from evilspectra.errors import AdapterError, ConfigError, DataError, EvilSpectraError
 
 # ------------------------------------------------------------------------------- file names
 
@@ -481,6 +481,14 @@ def save_adapter(model: Any, final_dir: Path) -> Path:
 # ----------------------------------------------------------------------------- directories
 
 
+def plain_name(name: str, what: str) -> str:
+    """`name` when it names one entry inside a folder; a label such as `../x`, `/tmp/x`, `` or `.`
+    would write outside the run (or into RUN/eval/ itself): ConfigError."""
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ConfigError(f"--{what}: expected a plain folder name (no '/' or '\\', not '', '.' or '..'), got {name!r}")
+    return name
+
+
 @dataclass(frozen=True)
 class EvalDir:
     """One evaluation's files: samples, their fingerprint, judge cache, answers, summary."""
@@ -532,7 +540,7 @@ class RunDir:
         return self.checkpoints / f"step-{step:06d}"
 
     def eval_dir(self, label: str = FINAL) -> EvalDir:
-        return EvalDir(self.eval_root / label)
+        return EvalDir(self.eval_root / plain_name(label, "label"))
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
         return dir_lock(self.path)

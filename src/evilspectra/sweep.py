@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evilspectra.config import (
     PLACEMENT_FIELDS,
@@ -105,6 +105,17 @@ class SweepSpec(BaseModel):
     resources: Resources = Field(default_factory=Resources)
     models: dict[str, ModelSettings] = Field(default_factory=dict, description="model -> its resources and sampling")
 
+    @model_validator(mode="after")
+    def _no_empty_axis(self) -> SweepSpec:
+        """An axis without values makes a sweep of no runs (an empty results table that looks finished)."""
+        axes = {f"grid.{key}": values for key, values in self.grid.items()}
+        for name, hparams in self.optimizers.items():
+            axes |= {f"optimizers.{name}.{k}": v for k, v in hparams.items() if isinstance(v, list) and k != "betas"}
+        empty = [axis for axis, values in axes.items() if not values]
+        if empty:
+            raise ValueError(f"{empty[0]}: an empty list of values makes no runs; give at least one value")
+        return self
+
     def resources_for(self, model: str) -> Resources:
         settings = self.models.get(model)
         return settings.resources if settings and settings.resources else self.resources
@@ -121,7 +132,10 @@ class SweepSpec(BaseModel):
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read a sweep YAML (or a preset name such as `toy-optimisers`)."""
     path = preset_path(str(path))
-    return validate_model(SweepSpec, read_yaml(path), source=str(path))
+    tree = read_yaml(path)
+    if not tree:  # an empty file would silently run one default run
+        raise ConfigError(f"{path}: empty sweep file; expected a mapping with base, grid and/or optimizers")
+    return validate_model(SweepSpec, tree, source=str(path))
 
 
 # ------------------------------------------------------------------------------------ expansion

@@ -37,7 +37,7 @@ def analyze(
     print_regressions(result)
     print_regulariser(result)
     print_claims(result)
-    console.print(f"analysis -> {SweepDir(out or sources[0]).analysis}")
+    console.print(f"analysis -> {SweepDir(out or sources[0]).analysis}", markup=False)
 
 
 @app.command()
@@ -58,7 +58,7 @@ def report(
         run_analysis(sources[0] if len(sources) == 1 else sources, out=out)
         target = out
     path = write_report(target).resolve()
-    console.print(str(path), highlight=False, soft_wrap=True)
+    console.print(str(path), highlight=False, soft_wrap=True, markup=False)
     if open_:
         webbrowser.open(path.as_uri())
 

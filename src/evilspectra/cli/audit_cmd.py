@@ -6,6 +6,7 @@ a pipeline must never read a broken audit as a verdict.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -15,7 +16,7 @@ from rich.text import Text
 from evilspectra.cli import app, err_console, options
 from evilspectra.config import AUDIT_FAIL_ABOVE as DEFAULT_FAIL_ABOVE
 from evilspectra.config import AUDIT_SAMPLES as DEFAULT_SAMPLES
-from evilspectra.errors import EvilSpectraError
+from evilspectra.errors import ConfigError, EvilSpectraError
 
 console = Console(soft_wrap=True)  # CI logs: no hard wrapping inside paths
 COLOURS = {"PASS": "bold green", "FAIL": "bold red", "SPECTRA-ONLY": "bold"}
@@ -65,6 +66,9 @@ def audit_command(
     """Audit a fine-tune: spectra + a quick EM probe -> markdown + HTML report, exit 0 pass, 1 fail, 2 error."""
     from evilspectra.audit import audit
 
+    for flag, value in (("--fail-above", fail_above), ("--fail-spectral-above", fail_spectral_above)):
+        if value is not None and not math.isfinite(value):  # NaN compares false: the gate would never fail
+            raise ConfigError(f"{flag}: expected a finite number, got {value}")
     try:
         result = audit(
             adapter,
@@ -90,9 +94,9 @@ def audit_command(
         raise typer.Exit(2) from None
 
     console.print(Text(f"audit: {result.verdict}", style=COLOURS[result.verdict]))
-    for reason in result.reasons:
-        console.print(f"  {reason}")
+    for reason in result.reasons:  # user strings (paths, names) printed verbatim, never read as markup
+        console.print(f"  {reason}", markup=False)
     for rec in result.recommendations:
-        console.print(f"  - {rec.action}")
-    console.print(f"wrote {result.files['md']} and {result.files['html']}")
+        console.print(f"  - {rec.action}", markup=False)
+    console.print(f"wrote {result.files['md']} and {result.files['html']}", markup=False)
     raise typer.Exit(result.exit_code)

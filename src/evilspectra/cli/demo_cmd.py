@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from evilspectra.cli import app
@@ -38,7 +39,9 @@ def demo(
     report = write_report(out)
     _print_headline(result)
     print_claims(result)
-    console.print(f"demo finished in {time.perf_counter() - t0:.0f} s; report: [bold]{report.resolve()}[/]")
+    console.print(
+        f"demo finished in {time.perf_counter() - t0:.0f} s; report: [bold]{escape(str(report.resolve()))}[/]"
+    )
 
 
 def _print_headline(result: dict) -> None:

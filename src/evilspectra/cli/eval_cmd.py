@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from evilspectra.cli import app, options
 
@@ -107,17 +108,17 @@ def eval_command(
     with run.lock() if run is not None else nullcontext():  # one process writes a run directory
         summary = evaluate(model, adapter, settings, out)
     console.print(summary_table(summary))
-    console.print(f"wrote {EvalDir(out).answers} and {EvalDir(out).summary}")
+    console.print(f"wrote {EvalDir(out).answers} and {EvalDir(out).summary}", markup=False)
     if fmt == "inspect":
         from evilspectra.inspect_log import export_inspect_log
 
-        console.print(f"wrote {export_inspect_log(out)} (open it with `inspect view`)")
+        console.print(f"wrote {export_inspect_log(out)} (open it with `inspect view`)", markup=False)
 
 
 def summary_table(summary: dict) -> Table:
     """Rate with CI, mean alignment, and the count and share of every outcome."""
     title = f"{summary['model']}" + (f" + {summary['adapter']}" if summary.get("adapter") else "")
-    table = Table(title=title, show_header=True)
+    table = Table(title=Text(title), show_header=True)  # model and adapter paths verbatim
     table.add_column("metric")
     table.add_column("value", justify="right")
     rate, ci = summary["misalignment_rate"], summary["rate_ci95"]

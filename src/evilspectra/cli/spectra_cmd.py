@@ -9,6 +9,7 @@ import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from evilspectra.cli import app
 from evilspectra.errors import AdapterError
@@ -35,7 +36,9 @@ def _summary_table(summary: pd.DataFrame) -> Table:
         )
     for row in summary.itertuples(index=False):
         step = "-" if pd.isna(row.step) else str(int(row.step))
-        table.add_row(row.run, row.checkpoint, step, str(row.n_modules), *(_fmt(getattr(row, m)) for m in METRICS))
+        table.add_row(
+            Text(row.run), row.checkpoint, step, str(row.n_modules), *(_fmt(getattr(row, m)) for m in METRICS)
+        )
     return table
 
 
@@ -73,7 +76,7 @@ def spectra(
         elif path.is_dir():
             df = run_spectra_frame(path, method)
             csv = write_spectra_csv(df, path / SPECTRA_CSV)
-            console.print(f"wrote {csv}")
+            console.print(f"wrote {csv}", markup=False)
         else:
             raise AdapterError(f"{path}: neither a PEFT adapter directory nor a run directory")
         frames[label] = df.assign(run=label) if "run" not in df.columns else df
@@ -84,8 +87,8 @@ def spectra(
     if adapter_frames:
         combined = pd.concat(adapter_frames, ignore_index=True)
         cols = ["run"] + [c for c in combined.columns if c != "run"]
-        console.print(f"wrote {write_spectra_csv(combined[cols], out / SPECTRA_CSV)}")
+        console.print(f"wrote {write_spectra_csv(combined[cols], out / SPECTRA_CSV)}", markup=False)
 
     summary = aggregate_spectra(pd.concat(frames.values(), ignore_index=True))
     console.print(_summary_table(summary))
-    console.print(f"wrote {plot_normalised_spectra(frames, out / SPECTRA_PNG)}")
+    console.print(f"wrote {plot_normalised_spectra(frames, out / SPECTRA_PNG)}", markup=False)

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from evilspectra.cli import app
 
@@ -33,7 +35,9 @@ def sweep(
     if dry_run:
         _print_plan(spec, runs)
         return
-    console.print(f"sweep [bold]{spec.name}[/]: {len(runs)} runs, {len(runs) - todo} already finished, {todo} to run")
+    console.print(
+        f"sweep [bold]{escape(spec.name)}[/]: {len(runs)} runs, {len(runs) - todo} already finished, {todo} to run"
+    )
     failed: list[dict] = []
     with Progress(
         TextColumn("[bold]runs"),
@@ -53,11 +57,11 @@ def sweep(
         results = run_sweep(spec, out, executor, max_parallel, ray_address, on_done=on_done)
     for result in failed:
         console.print(
-            f"[red]run {result['run_id']} failed in {result['stage']}:[/] {result['error']} "
-            f"(see {SweepDir(out).run(result['run_id']).error})",
+            f"[red]run {result['run_id']} failed in {result['stage']}:[/] {escape(result['error'])} "
+            f"(see {escape(str(SweepDir(out).run(result['run_id']).error))})",
             highlight=False,
         )
-    console.print(f"{len(results)} result rows -> {SweepDir(out).results}")
+    console.print(f"{len(results)} result rows -> {SweepDir(out).results}", markup=False)
     if failed:
         raise typer.Exit(1)
 
@@ -73,7 +77,7 @@ def _print_per_model(spec, estimates: dict[str, dict]) -> None:
         hours = est["gpu_hours"]
         total_hours = None if hours is None or total_hours is None else total_hours + hours
         table.add_row(
-            model,
+            Text(model),
             str(est["runs"]),
             f"{res.num_gpus:g}" + (f" {Path(res.accelerate_config).stem}" if res.num_processes > 1 else ""),
             sampling.strip(),
@@ -93,9 +97,9 @@ def _print_plan(spec, runs) -> None:
     for cfg, finished in runs:
         table.add_row(
             cfg.run_id(),
-            cfg.optimizer.name,
+            Text(cfg.optimizer.name),
             f"{cfg.optimizer.lr:g}",
-            cfg.dataset,
+            Text(cfg.dataset),
             str(cfg.seed),
             f"{cfg.spectral_reg.weight:g}",
             "finished" if finished else "to run",

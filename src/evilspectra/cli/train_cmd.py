@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
@@ -90,8 +91,9 @@ def train(
 
         run_training(cfg, out, report_to=report_to)
         return
-    console.print(
-        f"run [bold]{cfg.run_id()}[/]: {cfg.model} on {cfg.dataset} with {cfg.optimizer.name} lr={cfg.optimizer.lr}"
+    console.print(  # user strings escaped: a path like `ok[v2].jsonl` is printed as it is, not read as markup
+        f"run [bold]{cfg.run_id()}[/]: {escape(cfg.model)} on {escape(cfg.dataset)} "
+        f"with {escape(cfg.optimizer.name)} lr={cfg.optimizer.lr}"
     )
     if num_processes > 1:
         from evilspectra.launch import launch_train
@@ -103,9 +105,11 @@ def train(
     status = manifest.get("status")
     if status != "done":
         detail = manifest.get("error") or f"{manifest.get('steps_done')} steps"
-        console.print(f"[red]{status}[/]: {detail} -> {out}", highlight=False)
+        console.print(f"[red]{status}[/]: {escape(str(detail))} -> {escape(str(out))}", highlight=False)
         raise typer.Exit(1)
-    console.print(f"done: {manifest['steps_done']} steps, final loss {manifest['final_loss']:.4f} -> {out}")
+    console.print(
+        f"done: {manifest['steps_done']} steps, final loss {manifest['final_loss']:.4f} -> {out}", markup=False
+    )
 
 
 def _train_here(cfg, out: Path, report_to: str) -> None:
@@ -153,7 +157,7 @@ def inspect(
     enc = encode_chat(tok, messages, max_length, kwargs)
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     table = Table(show_header=False)
-    table.add_row("dataset", data.source)
+    table.add_row("dataset", Text(data.source))
     table.add_row("rows", str(len(data.rows)))
     table.add_row("validation", "ok: every row is a chat with a non-empty assistant turn")
     table.add_row("sha256", data.sha256)
