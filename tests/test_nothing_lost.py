@@ -12,13 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from evilspectra.rundir import RunDir
+from evilspectra.rundir import RunDir, SweepDir
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
 TRAIN = ["--max-steps", "3", "--batch-size", "2", "--set", "lora.r=2", "--set", "train.checkpoints=[1,2]"]
@@ -247,3 +250,112 @@ def test_audit_of_a_read_only_adapter_keeps_the_verdicts_exit_code(read_only_ada
     assert len(warning) == 1 and str(read_only_adapter) in warning[0], res.stderr
     assert json.loads((out / "audit.json").read_text())["verdict"] == "FAIL"
     assert snapshot(read_only_adapter) == before
+
+
+# ------------------------------------------------------------------------ sweeps and other writers
+
+SWEEP = {
+    "name": "issue24",
+    "base": {"model": "toy", "dataset": "toy:insecure", "lora": {"r": 2}, "train": {"batch_size": 2, "max_steps": 2}},
+    "grid": {"optimizer.lr": [0.0003]},
+    "eval": {"questions": "toy", "judge": "toy", "samples": 1, "max_new_tokens": 4},
+    "eval_base_model": False,
+}
+
+
+def sweep_file(path: Path, **changes) -> Path:
+    path.write_text(yaml.safe_dump({**SWEEP, **changes}))
+    return path
+
+
+def test_a_run_of_another_config_in_the_sweeps_directory_is_reported_not_folded_in(tmp_path):
+    from evilspectra.sweep import expand, load_sweep
+
+    spec = sweep_file(tmp_path / "sweep.yaml")
+    (cfg,) = expand(load_sweep(spec))
+    run = SweepDir(tmp_path / "sweep").run(cfg.run_id())
+    # trained by hand into the lr 0.0003 run's directory, with lr 0.03
+    res = cli("train", "--out", run.path, "--lr", "0.03", "--max-steps", "2", "--batch-size", "2", "--set", "lora.r=2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    before = snapshot(run.path)
+    res = cli("sweep", spec, "--out", tmp_path / "sweep")
+    assert res.returncode == 1, (res.stdout, res.stderr[-3000:])
+    reported = [line for line in res.stdout.splitlines() if str(run.manifest_path) in line]
+    assert len(reported) == 1 and "not run" in reported[0] and "error.json" not in reported[0], res.stdout
+    assert snapshot(run.path) == before  # neither retrained nor marked
+    import pandas as pd
+
+    (row,) = pd.read_csv(SweepDir(tmp_path / "sweep").results).to_dict("records")
+    assert row["run_id"] == cfg.run_id() and row["lr"] == 0.0003 and row["status"] == "mismatch"
+    assert all(pd.isna(row.get(c)) for c in ("final_loss", "initial_loss", "loss"))  # not the lr 0.03 run's numbers
+
+
+LOCK_HOLDER = """
+import sys, time
+from contextlib import ExitStack
+from evilspectra.rundir import dir_lock
+with ExitStack() as stack:
+    for path in sys.argv[1:]:
+        stack.enter_context(dir_lock(path))
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_sweep_skips_the_runs_another_process_holds_and_notes_a_changed_grid(tmp_path):
+    from evilspectra.sweep import expand, load_sweep
+
+    out = SweepDir(tmp_path / "sweep")
+    first = sweep_file(tmp_path / "first.yaml")
+    changed = sweep_file(tmp_path / "changed.yaml", grid={"optimizer.lr": [0.0003, 0.0001]})
+    runs = [out.run(cfg.run_id()).path for cfg in expand(load_sweep(changed))]
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, *map(str, runs)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"  # as a first sweep's workers hold their runs
+        res = cli("sweep", first, "--out", out.path)
+        assert res.returncode == 0, (res.stdout, res.stderr[-3000:])
+        assert f"in use by process {holder.pid}" in res.stdout and "failed" not in res.stdout
+        assert "error.json" not in res.stdout + res.stderr and not list(out.runs_root.rglob("error.json"))
+        recorded = json.loads(out.spec.read_text())
+        res = cli("sweep", changed, "--out", out.path)
+        assert res.returncode == 0, (res.stdout, res.stderr[-3000:])
+        assert res.stdout.count(f"in use by process {holder.pid}") == 2
+        notes = [line for line in res.stderr.splitlines() if line.startswith("note: ")]
+        assert len(notes) == 1 and str(out.spec) in notes[0] and str(out.spec_history) in notes[0], res.stderr
+        assert [json.loads(line) for line in out.spec_history.read_text().splitlines()] == [recorded]
+        assert json.loads(out.spec.read_text())["grid"] == {"optimizer.lr": [0.0003, 0.0001]}
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_ctrl_c_stops_a_parallel_sweep_within_seconds_without_starting_queued_runs(tmp_path):
+    out = SweepDir(tmp_path / "sweep")
+    long_runs = {**SWEEP["base"], "train": {"batch_size": 2, "max_steps": 100_000, "checkpoints": "none"}}
+    spec = sweep_file(tmp_path / "sweep.yaml", base=long_runs, grid={"optimizer.lr": [1e-4, 2e-4, 3e-4, 4e-4]})
+    log = (tmp_path / "sweep.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "evilspectra", "sweep", str(spec), "--out", str(out.path), "--max-parallel", "2"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=ENV,
+        start_new_session=True,  # its own process group: Ctrl-C in a terminal signals the whole group
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(out.path.glob("runs/*/metrics.jsonl"))) < 2:  # both workers are training
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "sweep.log").read_text()
+            time.sleep(0.5)
+        interrupted = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+        stopped = time.monotonic() - interrupted
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0 and stopped < 15, (proc.returncode, stopped)
+    time.sleep(2)
+    with pytest.raises(ProcessLookupError):  # no worker is left running (or starting a queued run)
+        os.killpg(proc.pid, 0)
+    assert len(list(out.runs_root.iterdir())) == 2  # the two queued runs never started
+    assert all(RunDir(run).read_manifest().status != "done" for run in out.runs_root.iterdir())

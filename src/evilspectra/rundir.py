@@ -15,6 +15,7 @@ manifest, evaluation summary and results rows through the pydantic models here.
       audit/                     `evilspectra audit` output
     SWEEP/                       SweepDir
       sweep.json  results.csv  results.parquet  analysis.json  report.html  references.json
+      sweep.history.jsonl        specs of earlier invocations that sweep.json replaced
       runs/<run-id>/             RunDir of each configuration
       base/<model-slug>/eval/    EvalDir of each base model (the reference)
 
@@ -71,6 +72,7 @@ SAMPLES, SAMPLES_META, ANSWERS, SUMMARY, JUDGE_CACHE = (
     "judge_cache.sqlite",
 )
 # inside a SweepDir
+SWEEP_HISTORY = "sweep.history.jsonl"  # the specs of earlier invocations that sweep.json replaced, one a line
 SWEEP_SPEC, RESULTS, RESULTS_PARQUET, ANALYSIS, REPORT, REFERENCES = (
     "sweep.json",
     "results.csv",
@@ -606,6 +608,7 @@ class SweepDir:
         return str(self.path)
 
     spec = property(lambda self: self.path / SWEEP_SPEC)
+    spec_history = property(lambda self: self.path / SWEEP_HISTORY)
     results = property(lambda self: self.path / RESULTS)
     results_parquet = property(lambda self: self.path / RESULTS_PARQUET)
     analysis = property(lambda self: self.path / ANALYSIS)

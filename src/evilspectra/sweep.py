@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import signal
+import sys
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -200,6 +202,28 @@ def _eval_done(out: Path, settings: EvalSettings) -> bool:
     return saved == {k: v for k, v in wanted.items() if k not in ignored}
 
 
+MISMATCH = "mismatch"  # the run directory holds another configuration's run
+BUSY = "busy"  # another process holds the run directory's lock
+
+
+def manifest_mismatch(run: RunDir, cfg: RunConfig) -> str | None:
+    """Why `run` holds another configuration than `cfg` (a run trained into the sweep's directory by
+    hand, or a hand-edited manifest), or None when it holds `cfg`'s run or nothing yet."""
+    manifest = read_manifest(run.path)
+    if not manifest:
+        return None
+    try:
+        recorded = RunConfig.model_validate(manifest.get("config") or {}).run_id()
+    except ValueError:
+        recorded = None
+    if manifest.get("run_id") == recorded == cfg.run_id():
+        return None
+    return (
+        f"{run.manifest_path}: run_id {manifest.get('run_id')!r} (config {recorded or 'unreadable'}) is not the "
+        f"sweep's {cfg.run_id()!r}; another configuration was trained there: move it away to let the sweep run it"
+    )
+
+
 @contextmanager
 def restored_torch_threads() -> Iterator[None]:
     """Give the caller its torch thread count back after runs done in its own process (each run
@@ -239,6 +263,9 @@ def run_one(
     stage = "train"
     try:
         with run.lock():  # one process per run directory
+            mismatch = manifest_mismatch(run, cfg)
+            if mismatch:  # a run trained there by hand: neither retrained over nor reported as this config
+                return {"run_id": cfg.run_id(), "status": MISMATCH, "error": mismatch}
             manifest = read_manifest(run.path)
             if not manifest or manifest.get("status") not in FINISHED:
                 if processes > 1:
@@ -261,8 +288,8 @@ def run_one(
                 if not _eval_done(out, settings):
                     evaluate(cfg.model, adapter, settings, out, progress=False)
             return {"run_id": cfg.run_id(), "status": "done"}
-    except RunLockedError as exc:  # another process owns the run: leave its files alone
-        return {"run_id": cfg.run_id(), "status": "failed", "stage": "lock", "error": str(exc)}
+    except RunLockedError as exc:  # another sweep or train owns the run: leave it to that process
+        return {"run_id": cfg.run_id(), "status": BUSY, "error": str(exc)}
     except Exception as exc:  # recorded and reported; the sweep moves on
         atomic_write_json(
             run.error,
@@ -295,9 +322,23 @@ def run_local(jobs: list[Job], max_parallel: int, on_done: DoneFn) -> None:
             for args, _ in jobs:
                 on_done(run_one(*args))
         return
-    with ProcessPoolExecutor(max_parallel, mp_context=get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(max_parallel, mp_context=get_context("spawn"), initializer=_die_on_interrupt)
+    try:
         for fut in as_completed([pool.submit(run_one, *args) for args, _ in jobs]):
             on_done(fut.result())
+    except BaseException:  # Ctrl-C (or a crash): stop the runs in flight, start none of the queued ones
+        workers = list(pool._processes.values())  # the pool has no public way to stop a running call
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:
+            worker.terminate()
+        raise
+    pool.shutdown()
+
+
+def _die_on_interrupt() -> None:
+    """A pool worker dies at once on Ctrl-C, as if killed (its run stays unfinished and is redone on
+    resume), instead of handing the interrupt back to the pool and taking the next queued run."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_ray(jobs: list[Job], max_parallel: int, address: str | None, on_done: DoneFn) -> None:
@@ -355,6 +396,10 @@ def collect_results(sweep_dir: Path, spec: SweepSpec) -> pd.DataFrame:
     rows = []
     for cfg in expand(spec):
         run = sweep.run(cfg.run_id())
+        mismatch = manifest_mismatch(run, cfg)
+        if mismatch:  # never this config's numbers: no loss, no outcome
+            rows.append(config_row(cfg) | {"status": MISMATCH, "error": mismatch})
+            continue
         manifest = read_manifest(run.path) or {}
         done = manifest.get("status") == "done"
         targets = select_adapters(run.path, spec.eval_for(cfg.model).checkpoints) if done else []
@@ -457,7 +502,11 @@ def write_results(df: pd.DataFrame, sweep_dir: Path) -> Path:
 def plan(spec: SweepSpec, sweep_dir: Path) -> list[tuple[RunConfig, bool]]:
     """(config, already finished) for every run of the sweep."""
     sweep = SweepDir(sweep_dir)
-    return [(cfg, _run_complete(sweep.run(cfg.run_id()), spec.eval_for(cfg.model))) for cfg in expand(spec)]
+    planned = []
+    for cfg in expand(spec):
+        run = sweep.run(cfg.run_id())  # a run of another config there is not finished: run_one reports it
+        planned.append((cfg, manifest_mismatch(run, cfg) is None and _run_complete(run, spec.eval_for(cfg.model))))
+    return planned
 
 
 def _run_complete(run: RunDir | Path, settings: EvalSettings) -> bool:
@@ -484,7 +533,9 @@ def run_sweep(
     """Run every unfinished run, then write and return the results table."""
     sweep = SweepDir(sweep_dir)
     sweep.path.mkdir(parents=True, exist_ok=True)
+    earlier = read_json(sweep.spec)
     atomic_write_json(sweep.spec, _public_spec(spec))  # the judge URL without credentials
+    keep_earlier_spec(sweep, earlier)
     if spec.eval_base_model:
         for model in sorted({cfg.model for cfg in expand(spec)}):
             eval_base(model, spec.eval_for(model), sweep.base_eval(model).path)
@@ -500,6 +551,20 @@ def run_sweep(
     results = collect_results(sweep_dir, spec)
     write_results(results, sweep_dir)
     return results
+
+
+def keep_earlier_spec(sweep: SweepDir, earlier: dict | None) -> None:
+    """A sweep file changed since this directory's last sweep (another grid: other runs in the table)
+    is named in a note, and the spec it replaced is appended to the spec history, never lost."""
+    if earlier is None or earlier == read_json(sweep.spec):
+        return
+    history = sweep.spec_history.read_text(encoding="utf-8") if sweep.spec_history.is_file() else ""
+    atomic_write_text(sweep.spec_history, history + json.dumps(earlier) + "\n")
+    print(
+        f"note: {sweep.spec} changed since this directory's last sweep (the results table follows the new "
+        f"one); the earlier spec is kept in {sweep.spec_history}",
+        file=sys.stderr,
+    )
 
 
 def _job(spec: SweepSpec, cfg: RunConfig, sweep: SweepDir) -> Job:

@@ -27,7 +27,7 @@ def sweep(
 ) -> None:
     """Expand the grid and run every unfinished run; rerun the same command to resume."""
     from evilspectra.rundir import SweepDir
-    from evilspectra.sweep import load_sweep, plan, run_sweep
+    from evilspectra.sweep import BUSY, MISMATCH, load_sweep, plan, run_sweep
 
     spec = load_sweep(sweep_file)
     runs = plan(spec, out)
@@ -39,6 +39,7 @@ def sweep(
         f"sweep [bold]{escape(spec.name)}[/]: {len(runs)} runs, {len(runs) - todo} already finished, {todo} to run"
     )
     failed: list[dict] = []
+    busy: list[dict] = []  # held by another sweep or train: left to it, not failed
     with Progress(
         TextColumn("[bold]runs"),
         BarColumn(),
@@ -50,17 +51,20 @@ def sweep(
         task = bar.add_task("runs", total=todo, last="")
 
         def on_done(result: dict) -> None:
-            if result["status"] == "failed":
+            if result["status"] in ("failed", MISMATCH):
                 failed.append(result)
+            elif result["status"] == BUSY:
+                busy.append(result)
             bar.update(task, advance=1, last=f"{result['run_id']} {result['status']}")
 
         results = run_sweep(spec, out, executor, max_parallel, ray_address, on_done=on_done)
     for result in failed:
-        console.print(
-            f"[red]run {result['run_id']} failed in {result['stage']}:[/] {escape(result['error'])} "
-            f"(see {escape(str(SweepDir(out).run(result['run_id']).error))})",
-            highlight=False,
-        )
+        error_file = SweepDir(out).run(result["run_id"]).error  # pointed at only when it was written
+        what = f"failed in {result['stage']}" if result["status"] == "failed" else "not run"
+        see = f" (see {error_file})" if error_file.is_file() else ""
+        console.print(f"[red]run {result['run_id']} {what}:[/] {escape(result['error'] + see)}", highlight=False)
+    for result in busy:
+        console.print(f"note: run {result['run_id']} left to the process writing it: {escape(result['error'])}")
     console.print(f"{len(results)} result rows -> {SweepDir(out).results}", markup=False)
     if failed:
         raise typer.Exit(1)
