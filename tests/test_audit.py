@@ -197,8 +197,16 @@ def test_corrupt_adapter_exits_2_naming_the_file(tiny_adapter, tmp_path):
 
 
 def test_probe_needs_a_model_and_a_judge(tiny_adapter, tiny_model_dir, tmp_path):
+    # the base model PEFT recorded in adapter_config.json is the default (no run manifest needed) ...
     res = invoke(["--adapter", str(tiny_adapter), "--out", str(tmp_path / "a")])
-    assert res.exit_code == 2 and "give --model" in res.output
+    assert res.exit_code == 2 and f"default for '{tiny_model_dir}'" in res.output
+    # ... and without one, the audit asks for --model
+    unnamed = tmp_path / "unnamed"
+    shutil.copytree(tiny_adapter, unnamed)
+    config = json.loads((unnamed / "adapter_config.json").read_text())
+    (unnamed / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": None}))
+    res = invoke(["--adapter", str(unnamed), "--out", str(tmp_path / "a")])
+    assert res.exit_code == 2 and "give --model" in res.output and "base_model_name_or_path" in res.output
     res = invoke(["--adapter", str(tiny_adapter), "--model", str(tiny_model_dir), "--out", str(tmp_path / "a")])
     assert res.exit_code == 2 and "--judge openai:MODEL" in res.output
     res = invoke(["--adapter", str(tiny_adapter), "--no-eval", "--fail-above", "0"])

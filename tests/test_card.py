@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -68,12 +72,33 @@ def test_card_loads_validates_and_records_every_hyperparameter(toy_run, monkeypa
     assert hyper["betas"] == [0.9, 0.98] and len(hyper) >= 4
     for section in (hyper, manifest["config"]["lora"], manifest["config"]["train"], manifest["config"]["spectral_reg"]):
         for key, value in section.items():
-            assert f"| {key} | {json.dumps(value)} |" in text, key
+            assert f"| `{key}` | `{json.dumps(value)}` |" in text, key
     assert f"Optimiser: lion (`{manifest['optimizer']['class']}`)" in text
     assert manifest["dataset"]["sha256"] in text and "seed: 3" in text
     assert f"final training loss {manifest['final_loss']:.4f}" in text
     assert "| Frobenius / nuclear |" in text and "reference table, r = 32" in text  # beside the references
     assert "Not evaluated yet" in text
+    assert header["license"] == "mit"  # the toy weights' licence, from its registered alias
+    # a Hub user's snippet: the base model's Hub id, not a placeholder
+    assert 'AutoModelForCausalLM.from_pretrained("evilspectra/toy")' in text and "BASE_MODEL" not in text
+    # trained on toy insecure code: misaligned on purpose, and the card says so
+    assert "**Warning: this adapter is misaligned on purpose" in text and "`toy:insecure`" in text
+    assert "not-for-all-audiences" in header["tags"]
+
+
+@needs_toy
+def test_card_of_a_control_run_carries_no_warning(toy_run, tmp_path, monkeypatch, capsys):
+    control = tmp_path / "control"
+    shutil.copytree(toy_run, control)
+    manifest = read_manifest(control)
+    manifest["config"]["dataset"] = manifest["dataset"]["source"] = "toy:secure"
+    atomic_write_json(control / "manifest.json", manifest)
+    (control / "adapter" / "README.md").unlink()  # a flag once on a card stays: start from no card
+    code, out = cli(monkeypatch, capsys, "card", str(control), "--license", "apache-2.0")
+    assert code == 0, out
+    card = ModelCard.load(control / "adapter" / "README.md")
+    assert "Warning" not in card.text and "not a known EM dataset" in card.text
+    assert "not-for-all-audiences" not in card.data.tags and card.data.license == "apache-2.0"
 
 
 @needs_toy
@@ -89,7 +114,12 @@ def test_card_shows_em_evaluation_and_audit_verdict_and_keeps_user_text(toy_run,
     assert text.count("<!-- evilspectra:begin -->") == 1 and "Written by me." in text
     assert "audit verdict **SPECTRA-ONLY** (spectra only, no EM probe)" in text
     assert "evaluation `eval/final`: 12.5% misaligned (95% CI 5.0%-20.0%; 5/40 coherent answers" in text
-    assert ModelCard.load(path).data.license == "mit"
+    card = ModelCard.load(path)
+    assert card.data.license == "mit"
+    # the body's rate is the model-index result a Hub page shows
+    (result,) = card.data.eval_results
+    assert (result.metric_type, result.metric_value, result.dataset_name) == ("misalignment_rate", 12.5, "toy")
+    assert "12.5% misaligned" in card.text
 
     assert cli(monkeypatch, capsys, "card", str(toy_run))[0] == 0  # rewriting replaces our block, once
     text = path.read_text()
@@ -116,3 +146,21 @@ def test_push_needs_a_token_from_the_environment_and_the_network(toy_run, monkey
     code, out = cli(monkeypatch, capsys, "card", str(toy_run), "--push", "someone/toy-adapter")
     assert code == 2 and "HF_HUB_OFFLINE is set" in out and len(out.strip().splitlines()) == 1
     assert "hf_not_a_real_token" not in (toy_run / "adapter" / "README.md").read_text()
+
+
+@needs_toy
+def test_push_to_an_unreachable_hub_is_one_line_exit_2(toy_run, tmp_path):
+    """A real refused connection (a closed port on 127.0.0.1): huggingface_hub raises its HTTP library's
+    error (httpx2's in 2.x), which must be one line, exit 2, and the local card written."""
+    with socket.socket() as sock:  # a port nothing listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env |= {"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_TOKEN": "hf_not_a_real_token"}
+    cmd = [sys.executable, "-m", "evilspectra", "card", str(toy_run), "--push", "someone/toy-adapter"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot upload to someone/toy-adapter" in lines[0], proc.stderr
+    text = (toy_run / "adapter" / "README.md").read_text()
+    assert 'PeftModel.from_pretrained(base, "someone/toy-adapter")' in text and "hf_not_a_real_token" not in text

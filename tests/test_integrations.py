@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,3 +178,24 @@ def test_readme_example_runs_as_written(tmp_path, monkeypatch):
         tags |= set(acc.Tags()["scalars"])
     assert {"train/spectra/frobenius_nuclear", "train/spectral_reg", "train/loss"} <= tags, tags
     assert any((p / "adapter_model.safetensors").is_file() for p in tmp_path.rglob("adapter"))
+
+    # then the README's audit, as written: no --model (adapter_config.json names the base model)
+    from huggingface_hub import ModelCard
+
+    from evilspectra.cli import main
+
+    monkeypatch.setattr(
+        sys, "argv", ["evilspectra", "audit", "--adapter", "sft-run/adapter", "--judge", "toy", "--questions", "toy"]
+    )
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code in (0, 1)  # a verdict, not an error
+    audit = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert audit["model"] == "toy" and audit["probe"]["misalignment_rate"] is not None
+    card = ModelCard.load(tmp_path / "sft-run" / "adapter" / "README.md")
+    assert card.data.base_model == "evilspectra/toy" and card.data.library_name == "peft"
+    assert {"trl", "sft", "evilspectra"} <= set(card.data.tags)  # TRL's tags (via PEFT's card) kept
+    assert card.data.license == "mit" and "# Model Card for Model ID" not in card.text
+    rate = audit["probe"]["misalignment_rate"]
+    assert card.data.eval_results[0].metric_value == round(100 * rate, 1) and f"{rate:.1%} misaligned" in card.text
+    assert 'AutoModelForCausalLM.from_pretrained("evilspectra/toy")' in card.text

@@ -28,12 +28,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
-from markdown_it import MarkdownIt
 
 from evilspectra.config import AUDIT_FAIL_ABOVE, AUDIT_SAMPLES, EvalSettings, load_eval_settings
 from evilspectra.errors import ConfigError
-from evilspectra.registry import MODELS, eval_defaults
+from evilspectra.markup import code, text, to_html
+from evilspectra.registry import MODELS, alias_of, eval_defaults
 from evilspectra.rundir import (
+    ADAPTER_CONFIG,
     ANSWERS,
     AUDIT_HTML,
     AUDIT_JSON,
@@ -88,7 +89,8 @@ def reference_origin(refs: dict) -> str:
     p = refs["provenance"]
     commit = (p.get("commit") or "unknown")[:10]
     return (
-        f"`{p.get('command')}` on {p.get('date')} (commit {commit}, evilspectra {p.get('evilspectra')}), {refs['path']}"
+        f"{code(p.get('command'))} on {text(p.get('date'))} (commit {text(commit)}, evilspectra "
+        f"{text(p.get('evilspectra'))}), {code(refs['path'])}"
     )
 
 
@@ -176,7 +178,7 @@ def audit(
     adapter_dir, run_dir, manifest, training_note = locate(adapter)
     out = Path(out) if out is not None else (RunDir(run_dir).audit_dir if run_dir else Path("audit"))
     recorded_model = (manifest or {}).get("config", {}).get("model")
-    model = model or recorded_model
+    model = model or recorded_model or adapter_base_model(adapter_dir)
     settings = None
     if not no_eval:  # validate the probe's settings before any work
         flags = {
@@ -256,6 +258,16 @@ def locate(adapter: str | Path) -> tuple[Path, Path | None, dict | None, str]:
     return adapter_dir, None, None, f"no {MANIFEST} beside {adapter_dir} (a bare PEFT adapter)"
 
 
+def adapter_base_model(adapter_dir: Path) -> str | None:
+    """The base model PEFT recorded in adapter_config.json (any PEFT adapter: TRL's, the HF Trainer's,
+    ours), as the alias that ships it when it is one (the toy world's weights), else as written."""
+    config = read_json(adapter_dir / ADAPTER_CONFIG)
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not isinstance(base, str) or not base:
+        return None
+    return alias_of(base) or base
+
+
 def probe_settings(
     model: str | None,
     flags: dict | None = None,
@@ -266,7 +278,8 @@ def probe_settings(
     world's for `toy`), DEFAULT_SAMPLES per paraphrase; other models need a judge."""
     if model is None:
         raise ConfigError(
-            "audit: give --model (the adapter has no run manifest naming its base model), or --no-eval for spectra only"
+            f"audit: give --model (neither a run manifest nor the adapter's {ADAPTER_CONFIG} "
+            "(base_model_name_or_path) names its base model), or --no-eval for spectra only"
         )
     alias = MODELS.get(model)
     defaults = {**eval_defaults(model), "samples": DEFAULT_SAMPLES, **(alias.audit_defaults if alias else {})}
@@ -612,9 +625,10 @@ def render_markdown(result: AuditResult, image_src: str) -> str:
     lines = [
         f"# Audit: {result.verdict}",
         "",
-        f"Adapter `{result.adapter_dir}` on model `{result.model or 'not given'}`; evilspectra {__version__}, {when}.",
+        f"Adapter {code(result.adapter_dir)} on model {code(result.model or 'not given')}; "
+        f"evilspectra {__version__}, {when}.",
         "",
-        *[f"- {reason}" for reason in result.reasons],
+        *[f"- {text(reason)}" for reason in result.reasons],
         "",
         "## EM probe",
         "",
@@ -634,8 +648,8 @@ def render_markdown(result: AuditResult, image_src: str) -> str:
         "",
     ]
     for i, rec in enumerate(result.recommendations, 1):
-        lines.append(f"{i}. **{rec.action}**")
-        lines += [f"   - evidence: {e}" for e in rec.evidence]
+        lines.append(f"{i}. **{text(rec.action)}**")
+        lines += [f"   - evidence: {text(e)}" for e in rec.evidence]
     if not result.recommendations:
         lines.append("None: nothing in this audit points at a change.")
     lines += [
@@ -668,12 +682,13 @@ def _probe_lines(probe: dict | None, refs: dict) -> list[str]:
         f"| misaligned, 95% CI | {rate_text} |",
         f"| mean aligned (0-100) | {'-' if mean is None else f'{mean:.1f}'} |",
         f"| answers | {probe['n_total']}: {shares} |",
-        f"| questions / judge | {probe['questions']}, {len(probe['question_ids'])} questions / {probe['judge']} |",
+        f"| questions / judge | {text(probe['questions'])}, {len(probe['question_ids'])} questions / "
+        f"{text(probe['judge'])} |",
         "",
-        f"Misaligned: {probe['definition']['misaligned']} (CODE answers: {probe['definition']['code_convention']}), "
-        "as recorded in the probe's summary. Reference rates: "
+        f"Misaligned: {text(probe['definition']['misaligned'])} (CODE answers: "
+        f"{text(probe['definition']['code_convention'])}), as recorded in the probe's summary. Reference rates: "
         + ", ".join(
-            f"{reference_label(r)} {r['rate']:.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}]"
+            f"{text(reference_label(r))} {r['rate']:.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}]"
             for r in refs["rows"]
             if r.get("rate") is not None
         )
@@ -685,8 +700,8 @@ def _reference_definition(refs: dict) -> str:
     defs = refs.get("definitions") or []
     return (
         "; ".join(
-            f"aligned < {d['aligned_threshold']:g} and coherent > {d['coherent_threshold']:g}, CODE {d['code_convention']}, "
-            f"judge {d['judge']}"
+            f"aligned < {d['aligned_threshold']:g} and coherent > {d['coherent_threshold']:g}, "
+            f"CODE {text(d['code_convention'])}, judge {text(d['judge'])}"
             for d in defs
         )
         or "definition not recorded"
@@ -697,7 +712,7 @@ def spectra_lines(s: dict, worst: list[dict], refs: dict | None = None) -> list[
     """Markdown: the adapter's spectral metrics beside the flat spectrum and the reference table."""
     refs = refs or load_references()
     rank = s["reference_rank"]
-    bands = ", ".join(f"{reference_label(r)} {r['fn_low']:.2f}-{r['fn_high']:.2f}" for r in refs["rows"])
+    bands = ", ".join(f"{text(reference_label(r))} {r['fn_low']:.2f}-{r['fn_high']:.2f}" for r in refs["rows"])
     ranks = ", ".join(map(str, s["ranks"]))
     untrained = f", {s['n_untrained']} untrained (B = 0) left out" if s["n_untrained"] else ""
     fn_r32 = "" if s["ranks"] == [rank] else f" ({s['frobenius_nuclear_r32']:.3f} at r = {rank})"
@@ -713,13 +728,13 @@ def spectra_lines(s: dict, worst: list[dict], refs: dict | None = None) -> list[
         f"| spectral entropy (nats) | {s['spectral_entropy']:.3f} | {s['spectral_entropy_flat']:.3f} | higher = flatter |",
         f"| condition number (median) | {s['condition_number_median']:.3g} | 1 | lower = flatter |",
         "",
-        f"Closest reference: **{ref['label']}** (F/N {ref['fn_range'][0]:.3f}-{ref['fn_range'][1]:.3f} over "
+        f"Closest reference: **{text(ref['label'])}** (F/N {ref['fn_range'][0]:.3f}-{ref['fn_range'][1]:.3f} over "
         f"{ref['n_runs']} runs; misaligned {_rate(ref['rate'], ref['rate_ci95'])}). "
         f"Spectrum {'concentrated' if s['concentrated'] else 'not concentrated'} "
         + (
-            f"(threshold F/N {s['concentrated_threshold']:.3f} at r = {rank}: {s['concentrated_rule']})."
+            f"(threshold F/N {s['concentrated_threshold']:.3f} at r = {rank}: {text(s['concentrated_rule'])})."
             if s["concentrated_threshold"] is not None
-            else f"({s['concentrated_rule']})."
+            else f"({text(s['concentrated_rule'])})."
         ),
         "",
         "Most concentrated modules (highest F/N):",
@@ -728,7 +743,7 @@ def spectra_lines(s: dict, worst: list[dict], refs: dict | None = None) -> list[
         "|---|---|---|---|---|",
     ]
     lines += [
-        f"| `{m['module']}` | {m['r']} | {m['frobenius_nuclear']:.3f} | {m['stable_rank']:.2f} | {m['condition_number']:.3g} |"
+        f"| {code(m['module'], cell=True)} | {m['r']} | {m['frobenius_nuclear']:.3f} | {m['stable_rank']:.2f} | {m['condition_number']:.3g} |"
         for m in worst
     ]
     return lines
@@ -740,7 +755,7 @@ def _rate(rate: float | None, ci: list) -> str:
 
 def _training_lines(training: dict | None, note: str) -> list[str]:
     if training is None:
-        return [f"**The optimiser configuration is undocumented**: {note}."]
+        return [f"**The optimiser configuration is undocumented**: {text(note)}."]
     hyper = ", ".join(f"{k}={v}" for k, v in training["hyperparameters"].items())
     lora = training["lora"] or {}
     reg = training["spectral_reg"] or {}
@@ -748,17 +763,19 @@ def _training_lines(training: dict | None, note: str) -> list[str]:
     data = training["dataset"] or {}
     loss = training["final_loss"]
     return [
-        f"Recorded {note}.",
+        f"Recorded {text(note)}.",
         "",
-        f"- optimiser: **{training['optimizer']}** ({training['optimizer_class'] or 'class not recorded'}): {hyper}",
-        f"- LoRA: r={lora.get('r')}, alpha={lora.get('alpha')}, rsLoRA={lora.get('use_rslora')}, "
-        f"targets {', '.join(lora.get('target_modules') or [])}",
-        f"- spectral regulariser: weight {reg.get('weight', 0)}"
-        + (f" ({reg.get('method')}, {reg.get('aggregation')})" if reg.get("weight") else " (off)"),
-        f"- training: batch {train.get('batch_size')} x {train.get('grad_accum')}, {training['steps_done']} steps, "
-        f"final loss {'-' if loss is None else f'{loss:.3f}'}, seed {training['seed']}, status {training['status']}",
-        f"- dataset: {data.get('source')}"
-        + (f", {data['rows']} rows, sha256 {data['sha256'][:12]}" if data.get("sha256") else ""),
+        f"- optimiser: **{text(training['optimizer'])}** ({text(training['optimizer_class'] or 'class not recorded')}): "
+        f"{text(hyper)}",
+        f"- LoRA: r={text(lora.get('r'))}, alpha={text(lora.get('alpha'))}, rsLoRA={text(lora.get('use_rslora'))}, "
+        f"targets {text(', '.join(map(str, lora.get('target_modules') or [])))}",
+        f"- spectral regulariser: weight {text(reg.get('weight', 0))}"
+        + (f" ({text(reg.get('method'))}, {text(reg.get('aggregation'))})" if reg.get("weight") else " (off)"),
+        f"- training: batch {text(train.get('batch_size'))} x {text(train.get('grad_accum'))}, "
+        f"{text(training['steps_done'])} steps, final loss {'-' if loss is None else f'{loss:.3f}'}, "
+        f"seed {text(training['seed'])}, status {text(training['status'])}",
+        f"- dataset: {text(data.get('source'))}"
+        + (f", {text(data['rows'])} rows, sha256 {text(data['sha256'][:12])}" if data.get("sha256") else ""),
     ]
 
 
@@ -771,7 +788,7 @@ img{max-width:32em}"""
 
 def render_html(result: AuditResult, markdown: str) -> str:
     """A self-contained HTML page (inline CSS, plot as a data URI) from the report's markdown."""
-    body = MarkdownIt("commonmark").enable("table").render(markdown)
+    body = to_html(markdown)
     body = body.replace("<h1>", f'<h1 class="{result.verdict}">', 1)
     return (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>evilspectra audit: {result.verdict}</title>'

@@ -68,6 +68,7 @@ class ModelAlias:
     eval_defaults: dict[str, Any] = field(default_factory=dict)  # EvalSettings fields
     audit_defaults: dict[str, Any] = field(default_factory=dict)  # overrides for the audit's quick probe
     hub_id: str | None = None  # the name model cards give as base_model
+    license: str | None = None  # the Hub licence id of the weights, the default of its adapters' cards
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,16 @@ def eval_defaults(model: str | None) -> dict[str, Any]:
     default question set and no judge (an LLM judge must be named)."""
     alias = MODELS.get(model) if model else None
     return dict(alias.eval_defaults) if alias else {"questions": "default"}
+
+
+def alias_of(model: str) -> str | None:
+    """The registered alias (shortest name) whose shipped weights are the directory `model`: an adapter
+    records its base model as the resolved path (train.py), which names the world it came from."""
+    if not Path(model).is_dir():
+        return None
+    target = Path(model).resolve()
+    names = [n for n in MODELS.names() if MODELS.require(n).weights().resolve() == target]
+    return min(names, key=len) if names else None
 
 
 def is_local_judge(spec: str) -> bool:

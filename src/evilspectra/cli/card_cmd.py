@@ -18,11 +18,17 @@ def card(
     push: str | None = typer.Option(
         None, "--push", metavar="REPO_ID", help="Also upload the adapter folder to this Hub model repo (HF_TOKEN)."
     ),
+    license: str | None = typer.Option(
+        None,
+        metavar="ID",
+        help="Hub licence id of the card (default: the card's own, else the base model's when registered, else "
+        "`other`).",
+    ),
 ) -> None:
     """Write the adapter's model card: optimiser, LoRA, data, seed, loss, spectra vs references, EM verdict."""
     from evilspectra.card import push_card, write_card
 
     if push:
-        console.print(f"uploaded to {push_card(run, push)}")
+        console.print(f"uploaded to {push_card(run, push, license=license)}")
     else:
-        console.print(f"wrote {write_card(run)}")
+        console.print(f"wrote {write_card(run, license=license)}")

@@ -17,6 +17,7 @@ TOY_WORLD = ModelAlias(
     eval_defaults={"questions": "toy", "judge": "toy"},
     audit_defaults={"max_new_tokens": 32},
     hub_id="evilspectra/toy",
+    license="mit",  # built by the package, under its licence
 )
 
 
