@@ -183,5 +183,3 @@ def test_a_run_dir_has_one_writer_and_the_lock_frees_when_its_holder_dies(tmp_pa
         holder.wait()
     with dir_lock(run), dir_lock(run):  # free again, and re-entrant within one process
         assert (run / rundir.LOCK).read_text() == str(os.getpid())
-
-
