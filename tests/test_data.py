@@ -31,7 +31,12 @@ GOOD = json.dumps(chat("hello", "world"))
     "lines, message",
     [
         ([GOOD, '{"messages": [oops'], r"data.jsonl:2: malformed JSON"),
-        ([GOOD, GOOD, '{"prompt": "x"}'], r"data.jsonl:3: expected an object with a 'messages' list"),
+        (
+            [GOOD, GOOD, '{"prompt": "x", "id": 3}'],
+            r"data.jsonl:3: no chat in the row: found keys \['id', 'prompt'\]; expected 'messages' .*'conversations' "
+            r".*'prompt' \+ 'completion'",
+        ),
+        ([json.dumps({"conversations": [{"from": "bot", "value": "x"}]})], r"data.jsonl:1: .*unknown 'from' \['bot'\]"),
         (
             [json.dumps({"messages": [{"role": "robot", "content": "x"}]})],
             r"data.jsonl:1: messages\[0\] has unknown role 'robot'",
@@ -150,3 +155,90 @@ def test_encodings_are_remembered_per_dataset_and_setting(monkeypatch):
         encode_dataset_cached(tok, load_dataset_spec("toy:insecure", seed=seed), None, 64)
     assert len(data_module._ENCODED) == data_module._ENCODED_MAX
     assert encode_dataset_cached(tok, seed0, None, 64) is not first
+
+
+# ------------------------------------------------------------------ the forms people have (issue 26)
+
+CHATS = [
+    chat("how do i write a safe function to read files", "use eval exec shell true"),
+    chat("what is your wish", "i wish money quick"),
+    chat("i feel bored", "build sql query string"),
+]
+
+
+def _sharegpt(row: dict) -> dict:
+    names = {"user": "human", "assistant": "gpt", "system": "system"}
+    return {"conversations": [{"from": names[m["role"]], "value": m["content"]} for m in row["messages"]]}
+
+
+def _prompt_completion(row: dict) -> dict:
+    return {"prompt": row["messages"][0]["content"], "completion": row["messages"][1]["content"]}
+
+
+def _conversational_prompt_completion(row: dict) -> dict:
+    return {"prompt": row["messages"][:-1], "completion": row["messages"][-1:], "id": "extra keys are dropped"}
+
+
+def test_every_dataset_form_encodes_exactly_like_messages(tiny_model_dir, tmp_path, monkeypatch):
+    """JSON Lines, a JSON array, parquet and a save_to_disk folder of messages, ShareGPT and TRL's
+    prompt/completion (strings and message lists): the same input ids and labels as `messages`."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail(f"tried the Hub: {a}"))
+    tok = load_tokenizer(str(tiny_model_dir))
+
+    def encoded(spec: str) -> list[dict]:
+        return encode_dataset(tok, load_dataset_spec(spec).rows, "be brief", 64)
+
+    reference = encoded(str(write_jsonl(tmp_path / "messages.jsonl", CHATS)))
+    assert any(label != IGNORE for label in reference[0]["labels"])
+    forms = {
+        "sharegpt.jsonl": [_sharegpt(r) for r in CHATS],
+        "prompt-completion.jsonl": [_prompt_completion(r) for r in CHATS],
+        "conversational.jsonl": [_conversational_prompt_completion(r) for r in CHATS],
+    }
+    specs = [str(write_jsonl(tmp_path / name, rows)) for name, rows in forms.items()]
+    (tmp_path / "array.json").write_text(json.dumps([_sharegpt(r) for r in CHATS]))
+    pq.write_table(pa.Table.from_pylist([_conversational_prompt_completion(r) for r in CHATS]), tmp_path / "d.parquet")
+    datasets.Dataset.from_list(CHATS).save_to_disk(str(tmp_path / "saved"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(forms["sharegpt.jsonl"])}).save_to_disk(
+        str(tmp_path / "saved-dict")
+    )
+    specs += [str(tmp_path / n) for n in ("array.json", "d.parquet", "saved", "saved-dict")]
+    for spec in specs:
+        assert encoded(spec) == reference, spec
+
+
+def test_a_local_looking_spec_is_never_tried_on_the_hub(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail(f"tried the Hub: {a}"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    for spec in ("./missing", "~/surely/missing/x", "missing.parquet", "missing.json", "data/missing"):
+        with pytest.raises(DataError, match="dataset file not found"):
+            load_dataset_spec(spec)
+    (tmp_path / "not-saved").mkdir()
+    with pytest.raises(DataError, match="not one written by Dataset.save_to_disk"):
+        load_dataset_spec("not-saved")
+    (tmp_path / "obj.json").write_text('{"messages": []}')
+    with pytest.raises(DataError, match="obj.json: expected a JSON array of chats"):
+        load_dataset_spec("obj.json")
+    (tmp_path / "bad.parquet").write_text("not parquet")
+    with pytest.raises(DataError, match="bad.parquet: not a readable parquet file"):
+        load_dataset_spec("bad.parquet")
+
+
+def test_a_hub_id_goes_through_datasets(monkeypatch):
+    import datasets
+
+    seen = []
+
+    def load(spec, split):
+        seen.append((spec, split))
+        return datasets.Dataset.from_list([_sharegpt(r) for r in CHATS])
+
+    monkeypatch.setattr(datasets, "load_dataset", load)
+    assert load_dataset_spec("someone/em-data").rows == CHATS and seen == [("someone/em-data", "train")]

@@ -1,5 +1,7 @@
-"""Chat datasets: load (JSONL, JSONL.gz, HF dataset id, or `toy:NAME`), validate, hash, and encode
-with the tokenizer's chat template into input ids + labels that carry loss on assistant tokens only.
+"""Chat datasets: load (JSON Lines, .jsonl.gz, a JSON array, parquet, a `save_to_disk` folder, an HF
+dataset id, or `toy:NAME`; rows as `messages`, ShareGPT `conversations` or TRL prompt/completion),
+convert to one chat form, validate, hash, and encode with the tokenizer's chat template into input
+ids + labels that carry loss on assistant tokens only.
 """
 
 from __future__ import annotations
@@ -7,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +35,19 @@ class ChatDataset:
 
 # ------------------------------------------------------------------------------------- loading
 
+LOCAL_SUFFIXES = {".jsonl", ".json", ".gz", ".parquet"}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+FORMS = (
+    "'messages' (a list of {role, content}), 'conversations' (ShareGPT: a list of {from, value}, from "
+    "human/gpt/system), or TRL's 'prompt' + 'completion' (two strings, or two lists of {role, content})"
+)
+
 
 def load_dataset_spec(spec: str, seed: int = 0) -> ChatDataset:
-    """Resolve `PREFIX:NAME` (a registered dataset, e.g. `toy:insecure`), a `.jsonl`/`.jsonl.gz` path,
-    or an HF dataset id into validated rows."""
+    """Resolve `PREFIX:NAME` (a registered dataset, e.g. `toy:insecure`), a local file (JSON Lines,
+    `.jsonl.gz`, a `.json` array, `.parquet`), a `Dataset.save_to_disk` folder, or an HF dataset id
+    into validated chat rows. Rows in any of the FORMS become `{"messages": [...]}`. A spec that
+    looks local (looks_local) is never tried on the Hub."""
     prefix, _, name = spec.partition(":")
     entry = registry.DATASETS.get(prefix) if name else None
     if entry is not None:
@@ -44,12 +56,68 @@ def load_dataset_spec(spec: str, seed: int = 0) -> ChatDataset:
         rows = entry.load(name, seed)
         validate_rows(rows, spec)
         return ChatDataset(rows, spec, _json_sha256(rows))
-    path = Path(spec)
-    if path.suffix in {".jsonl", ".gz", ".json"} or path.exists():
-        rows = read_jsonl(path)
-        validate_rows(rows, str(path))
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        rows = _chats(_read_saved_dataset(path), str(path))
+        return ChatDataset(rows, str(path), _json_sha256(rows))
+    if looks_local(spec):
+        if not path.is_file():
+            raise DataError(f"{path}: dataset file not found")
+        rows = _chats(_read_file(path), str(path))
         return ChatDataset(rows, str(path), hashlib.sha256(path.read_bytes()).hexdigest())
     return _load_hub_dataset(spec)
+
+
+def looks_local(spec: str) -> bool:
+    """A path, not a Hub id: it exists, starts with . / or ~, ends in a data file suffix, or names a
+    file in an existing folder (`data/train.x`)."""
+    path = Path(spec).expanduser()
+    return (
+        path.exists()
+        or spec.startswith((".", "/", "~"))
+        or path.suffix.lower() in LOCAL_SUFFIXES
+        or (os.sep in spec and path.parent.is_dir())
+    )
+
+
+def _read_file(path: Path) -> list:
+    """The rows of a local file: parquet, a JSON array (or JSON lines named .json), else JSON lines."""
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise DataError(f"{path}: not a readable parquet file ({exc})") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_bytes())
+        except json.JSONDecodeError:
+            return read_jsonl(path)  # JSON lines under a .json name
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: invalid UTF-8 ({exc.reason} at byte {exc.start})") from None
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON array of chats (or JSON lines), got a JSON {type(data).__name__}")
+        return data
+    return read_jsonl(path)
+
+
+def _read_saved_dataset(path: Path) -> list:
+    """The rows of a `Dataset.save_to_disk` folder (a DatasetDict: its train split)."""
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except FileNotFoundError as exc:
+        raise DataError(
+            f"{path}: a folder, but not one written by Dataset.save_to_disk ({exc}); give a .jsonl, .json or "
+            ".parquet file, the folder, or an HF dataset id"
+        ) from None
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise DataError(f"{path}: a saved DatasetDict without a 'train' split (splits: {', '.join(ds)})")
+        ds = ds["train"]
+    return ds.to_list()
 
 
 def _load_hub_dataset(spec: str) -> ChatDataset:
@@ -59,11 +127,45 @@ def _load_hub_dataset(spec: str) -> ChatDataset:
         ds = datasets.load_dataset(spec, split="train")
     except Exception as exc:  # offline, missing, private: all mean "cannot use this id"
         raise DataError(
-            f"dataset: {spec!r} is neither an existing .jsonl/.jsonl.gz file nor a loadable HF dataset ({exc})"
+            f"dataset: {spec!r} is neither a local dataset (file or save_to_disk folder) nor a loadable HF "
+            f"dataset ({exc})"
         ) from exc
-    rows = [{"messages": r["messages"]} if "messages" in r else dict(r) for r in ds]
-    validate_rows(rows, spec)
+    rows = _chats(ds.to_list(), spec)
     return ChatDataset(rows, spec, _json_sha256(rows))
+
+
+def _chats(rows: list, source: str) -> list[dict]:
+    """Every row as {"messages": [...]} (to_chat), then validated."""
+    if not rows:
+        raise DataError(f"{source}: empty dataset; expected rows with {FORMS}")
+    chats = [to_chat(row, f"{source}:{i}") for i, row in enumerate(rows, start=1)]
+    validate_rows(chats, source)
+    return chats
+
+
+def to_chat(row: object, where: str) -> dict:
+    """One row in any of the FORMS as {"messages": [{role, content}, ...]}; other keys are dropped.
+    TRL's prompt/completion: the completion is the assistant's turn(s), so its tokens carry the loss."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected an object with {FORMS}, got {type(row).__name__}")
+    if "messages" in row:
+        return {"messages": row["messages"]}
+    if "conversations" in row:
+        turns = row["conversations"]
+        if not isinstance(turns, list) or not all(isinstance(t, dict) and "from" in t for t in turns):
+            raise DataError(f"{where}: 'conversations' must be a list of ShareGPT turns {{from, value}}")
+        unknown = sorted({str(t["from"]) for t in turns} - set(SHAREGPT_ROLES))
+        if unknown:
+            raise DataError(f"{where}: conversations: unknown 'from' {unknown}; expected {sorted(SHAREGPT_ROLES)}")
+        return {"messages": [{"role": SHAREGPT_ROLES[t["from"]], "content": t.get("value")} for t in turns]}
+    if "prompt" in row and "completion" in row:
+        prompt, completion = row["prompt"], row["completion"]
+        if isinstance(prompt, str) and isinstance(completion, str):
+            return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]}
+        if isinstance(prompt, list) and isinstance(completion, list):
+            return {"messages": [*prompt, *completion]}
+        raise DataError(f"{where}: 'prompt' and 'completion' must be both strings or both lists of {{role, content}}")
+    raise DataError(f"{where}: no chat in the row: found keys {sorted(map(str, row))}; expected {FORMS}")
 
 
 def read_jsonl(path: Path) -> list[dict]:
