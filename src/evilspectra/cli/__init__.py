@@ -6,6 +6,7 @@ and exit status 2; nothing already written to disk is removed.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -19,10 +20,39 @@ app = typer.Typer(
     name="evilspectra",
     help="Measure how the optimiser of a LoRA fine-tune amplifies or suppresses emergent misalignment.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
 )
-err_console = Console(stderr=True)
+PIPE_WIDTH = 10_000  # off a terminal: wide enough that no table cell is ever cut
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console at the terminal's width; off a terminal (a pipe, a cluster log) at COLUMNS when set,
+    else PIPE_WIDTH: rich's default for a pipe is 80 columns, which cuts table cells to `26.6-…`."""
+    console = Console(stderr=stderr, soft_wrap=True)
+    if not console.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
+        console.width = PIPE_WIDTH
+    return console
+
+
+err_console = make_console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from evilspectra import __version__
+
+        print(f"evilspectra {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Measure how the optimiser of a LoRA fine-tune amplifies or suppresses emergent misalignment."""
 
 
 def _register() -> None:

@@ -6,12 +6,11 @@ import webbrowser
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from evilspectra.cli import app
+from evilspectra.cli import app, make_console
 
-console = Console()
+console = make_console()  # tables whole in a pipe or a log (cli.make_console)
 
 
 @app.command()

@@ -10,15 +10,14 @@ import math
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
-from evilspectra.cli import app, err_console, options
+from evilspectra.cli import app, err_console, make_console, options
 from evilspectra.config import AUDIT_FAIL_ABOVE as DEFAULT_FAIL_ABOVE
 from evilspectra.config import AUDIT_SAMPLES as DEFAULT_SAMPLES
 from evilspectra.errors import ConfigError, EvilSpectraError
 
-console = Console(soft_wrap=True)  # CI logs: no hard wrapping inside paths
+console = make_console()  # tables whole in a pipe or a log (cli.make_console)
 COLOURS = {"PASS": "bold green", "FAIL": "bold red", "SPECTRA-ONLY": "bold"}
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from evilspectra.cli import app
+from evilspectra.cli import app, make_console
 
-console = Console(soft_wrap=True)
+console = make_console()  # tables whole in a pipe or a log (cli.make_console)
 
 
 @app.command("card")

@@ -7,15 +7,14 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from evilspectra.cli import app
+from evilspectra.cli import app, make_console
 from evilspectra.cli.analysis_cmd import print_claims
 from evilspectra.cli.sweep_cmd import sweep as sweep_command
 
-console = Console()
+console = make_console()  # tables whole in a pipe or a log (cli.make_console)
 
 
 @app.command()

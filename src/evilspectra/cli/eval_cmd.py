@@ -7,13 +7,12 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from evilspectra.cli import app, options
+from evilspectra.cli import app, make_console, options
 
-console = Console()
+console = make_console()  # tables whole in a pipe or a log (cli.make_console)
 
 
 @app.command("eval")

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from evilspectra.cli import app
+from evilspectra.cli import app, make_console
 from evilspectra.errors import AdapterError
 
-console = Console()
+console = make_console()  # tables whole in a pipe or a log (cli.make_console)
 
 
 def _fmt(x: float) -> str:

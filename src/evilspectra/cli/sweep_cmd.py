@@ -5,15 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from evilspectra.cli import app
+from evilspectra.cli import app, make_console
 
-console = Console()
+console = make_console()  # tables whole in a pipe or a log (cli.make_console)
 
 
 @app.command()

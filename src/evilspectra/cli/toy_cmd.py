@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from evilspectra.cli import app
+from evilspectra.cli import app, make_console
 
-console = Console()
+console = make_console()  # tables whole in a pipe or a log (cli.make_console)
 toy_app = typer.Typer(
     help="The embedded toy world: a ~1M-parameter Qwen3 model in which EM happens on a CPU.",
     no_args_is_help=True,

@@ -6,15 +6,14 @@ import os
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from evilspectra.cli import app
+from evilspectra.cli import app, make_console
 
-console = Console()
+console = make_console()  # tables whole in a pipe or a log (cli.make_console)
 data_app = typer.Typer(help="Inspect and validate chat datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
