@@ -45,7 +45,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from evilspectra import claims
+from evilspectra import claim_inputs as claim_data
+from evilspectra import claims, stability
 from evilspectra.errors import DataError
 from evilspectra.rundir import ANALYSIS as ANALYSIS  # public name kept
 from evilspectra.rundir import (
@@ -84,6 +85,8 @@ def analyze(
     n_boot, seed: the bootstrap over runs of the per-optimiser interval.
     """
     source, df, run_paths = _results_of(sweep_dir, out)
+    df = deduplicate_runs(df)
+    df, not_estimable = mark_not_estimable(df)
     dest = SweepDir(out if out is not None else source)
     final = df[(df["status"] == "done") & (df["checkpoint"] == "final")]
     plain = final[final["spectral_reg"].fillna(0) == 0]
@@ -110,9 +113,10 @@ def analyze(
         "run_dirs": _run_dirs(run_paths if run_paths is not None else _runs_elsewhere(source, df, dest)),
     }
     result["fits"] = loss_fits(df, plain, windows=windows, n_boot=n_boot, seed=seed)
-    result["matched_loss"] = matched_loss(df, result["base_model"], n_boot=n_boot, seed=seed)
+    result["not_estimable"] = not_estimable
+    result["matched_loss"] = matched_loss(df, result["base_model"], n_boot=n_boot, seed=seed, level=spec_level(source))
     result["spectral_fits"] = spectral_fits(final)
-    result["claims"] = claims.evaluate_claims(result)
+    result["claims"] = claims.evaluate_claims(result, claim_inputs(df, result, n_boot, seed), stability.check)
     result = _jsonable(result)
     atomic_write_json(dest.analysis, result)
     atomic_write_json(dest.references, _jsonable(reference_table(final, result, source)))
@@ -213,6 +217,72 @@ def load_results(sweep_dir: Path) -> pd.DataFrame:
     df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce")
     df["optimizer"] = df["optimizer"].astype(str)
     return df
+
+
+# ------------------------------------------------------------------- estimable runs, spec level
+
+
+def deduplicate_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """One copy of each (run_id, checkpoint): the same run found twice (two directories of one
+    run id) would count twice in every statistic. Dropped copies are named in a warning."""
+    import warnings
+
+    key = ["run_id", "checkpoint"]
+    dup = df.duplicated(subset=key, keep="first")
+    if dup.any():
+        ids = sorted(df.loc[dup, "run_id"].astype(str).unique())
+        warnings.warn(
+            f"results: {len(ids)} run id(s) appear more than once, later copies dropped: {', '.join(ids[:5])}",
+            stacklevel=2,
+        )
+    return df[~dup].reset_index(drop=True)
+
+
+def mark_not_estimable(df: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """Checkpoints with fewer than claims.MIN_SCORED scorable answers (n_denominator) get no
+    misalignment rate and no mean alignment (NaN): 2 answers make a rate of 0 or 100%, which no
+    statistic should read as a measurement. Returns the table and one record per such checkpoint
+    with its CODE / incoherent shares (why the model had so little to score)."""
+    evaluated = df["n_answers"].fillna(0) > 0
+    thin = evaluated & (df["n_denominator"].fillna(0) < claims.MIN_SCORED)
+    records = [
+        {
+            "run_id": r["run_id"],
+            "optimizer": r["optimizer"],
+            "spectral_reg": _num(r["spectral_reg"]),
+            "seed": _num(r.get("seed")),
+            "checkpoint": r["checkpoint"],
+            "n_scored": int(r["n_denominator"]) if pd.notna(r["n_denominator"]) else 0,
+            "n_answers": int(r["n_answers"]),
+            "share_CODE": _num(r.get("share_CODE")),
+            "share_incoherent": _num(r.get("share_incoherent")),
+            "reason": f"{int(r['n_denominator'] if pd.notna(r['n_denominator']) else 0)} of {int(r['n_answers'])} "
+            f"answers scorable (< {claims.MIN_SCORED}): CODE {_pct(r.get('share_CODE'))}, "
+            f"incoherent {_pct(r.get('share_incoherent'))}",
+        }
+        for _, r in df[thin].iterrows()
+    ]
+    df = df.copy()
+    df.loc[thin, ["misalignment_rate", "mean_aligned"]] = np.nan
+    return df, records
+
+
+def _pct(x: Any) -> str:
+    return f"{100 * x:.0f}%" if x is not None and pd.notna(x) else "n/a"
+
+
+def spec_level(source: Path | str) -> float | None:
+    """The matched training loss fixed in the sweep spec before the data (`analysis.matched_loss`)."""
+    spec = read_json(SweepDir(source).spec) if isinstance(source, Path) else None
+    level = ((spec or {}).get("analysis") or {}).get("matched_loss")
+    return float(level) if level is not None else None
+
+
+def claim_inputs(df: pd.DataFrame, result: dict, n_boot: int, seed: int) -> claim_data.ClaimInputs:
+    """The per-seed tables every claim and its stability check read (evilspectra.claim_inputs)."""
+    runs = pd.DataFrame(result["matched_loss"].get("runs") or [])
+    pairs = pd.DataFrame(result["regulariser"]["pairs"])
+    return claim_data.build(df, _checkpoints(df), runs, pairs, result["matched_loss"].get("level_loss"), n_boot, seed)
 
 
 # ----------------------------------------------------------------------------- per optimiser
@@ -515,6 +585,7 @@ def regulariser_effect(df: pd.DataFrame) -> dict:
         ref = base.loc[row["_key"]]
         pair = {
             "optimizer": row["optimizer"],
+            "seed": _num(row["seed"]) if "seed" in row else None,
             "spectral_reg": float(row["spectral_reg"]),
             "run_id": row["run_id"],
             "baseline_run_id": ref["run_id"],
@@ -524,6 +595,15 @@ def regulariser_effect(df: pd.DataFrame) -> dict:
             pair[f"{col}_off"], pair[f"{col}_on"] = _num(b), _num(a)
             pair[name] = float(a - b) if pd.notna(a) and pd.notna(b) else None
         pairs.append(pair)
+    unpaired = sorted(set(treated["run_id"]) - {p["run_id"] for p in pairs})
+    if unpaired:
+        import warnings
+
+        warnings.warn(
+            f"regulariser: {len(unpaired)} regularised run(s) have no unregularised twin of the same config "
+            f"({', '.join(config)}): {', '.join(map(str, unpaired[:5]))}",
+            stacklevel=2,
+        )
     table = pd.DataFrame(pairs)
     summary = []
     if len(table):
@@ -532,7 +612,7 @@ def regulariser_effect(df: pd.DataFrame) -> dict:
     return {
         "n_regularised_runs": len(treated),
         "n_pairs": len(pairs),
-        "unpaired": sorted(set(treated["run_id"]) - {p["run_id"] for p in pairs}),
+        "unpaired": unpaired,
         "pairing_columns": config,
         "pairs": pairs,
         "by_optimizer": summary,
@@ -653,7 +733,9 @@ def loss_fits(df: pd.DataFrame, plain_final: pd.DataFrame, windows: int = 2, n_b
 # ----------------------------------------------------------------------------- matched loss
 
 
-def matched_loss(df: pd.DataFrame, base: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
+def matched_loss(
+    df: pd.DataFrame, base: list[dict], n_boot: int = 2000, seed: int = 0, level: float | None = None
+) -> dict:
     """Each unregularised run's mean alignment and misalignment rate at one common training loss.
 
     A run's trajectory is the base model (at the run's first-step loss, B = 0) followed by its
@@ -664,6 +746,10 @@ def matched_loss(df: pd.DataFrame, base: list[dict], n_boot: int = 2000, seed: i
     ladder), so that every optimiser is compared where its runs have trained to that loss, not
     part-way along a straight line from the base model. Per optimiser: mean over the runs that
     reach it, 95% bootstrap over runs; pairwise differences of misalignment rate.
+
+    `level` (nats), when given, is the level fixed before the data (the sweep spec's
+    `analysis.matched_loss`); the data-chosen level above is the fallback, and `level_source`
+    says which was used. `runs` lists every run's values at the level, with its seed.
     """
     points = _checkpoints(df).sort_values(["run_id", "step"])
     ref = next((b for b in base if b.get("mean_aligned") is not None), None)
@@ -671,7 +757,10 @@ def matched_loss(df: pd.DataFrame, base: list[dict], n_boot: int = 2000, seed: i
     if points.empty or ref is None:
         return out | {"reason": "needs evaluated checkpoints and the base model's evaluation"}
     lowest = points.groupby(["optimizer", "run_id"])["loss_smoothed"].min()
-    level = float(lowest.groupby(level=0).quantile(0.5, interpolation="lower").max())
+    source = "fixed in the sweep spec before the data (analysis.matched_loss)"
+    if level is None:
+        level = float(lowest.groupby(level=0).quantile(0.5, interpolation="lower").max())
+        source = "chosen from the data: the highest loss half of every optimiser's runs reach (no level in the spec)"
     runs = []
     for (name, run_id), g in points.groupby(["optimizer", "run_id"]):
         first = g["initial_loss"].dropna()
@@ -679,8 +768,16 @@ def matched_loss(df: pd.DataFrame, base: list[dict], n_boot: int = 2000, seed: i
         traj = start + list(zip(g["loss_smoothed"], g["mean_aligned"], g["misalignment_rate"]))
         value = _crossing(traj, level)
         if value is not None:
-            runs.append({"optimizer": name, "run_id": run_id, "mean_aligned": value[0], "misalignment_rate": value[1]})
-    table = pd.DataFrame(runs, columns=["optimizer", "run_id", "mean_aligned", "misalignment_rate"])
+            runs.append(
+                {
+                    "optimizer": name,
+                    "run_id": run_id,
+                    "seed": _num(g["seed"].iloc[0]) if "seed" in g else None,
+                    "mean_aligned": value[0],
+                    "misalignment_rate": value[1],
+                }
+            )
+    table = pd.DataFrame(runs, columns=["optimizer", "run_id", "seed", "mean_aligned", "misalignment_rate"])
     boots = {}
     for i, (name, g) in enumerate(table.groupby("optimizer")):
         row = {"optimizer": name, "n_runs": len(g), "n_runs_total": int(lowest.loc[name].size)}
@@ -701,7 +798,18 @@ def matched_loss(df: pd.DataFrame, base: list[dict], n_boot: int = 2000, seed: i
             est = _diff(out["per_optimizer"], a, b)
             out["differences"].append({"a": a, "b": b, "rate_b_minus_a": est, "ci": _percentile(d)})
     out["spread"] = _matched_spread(out["per_optimizer"], boots)
-    return out | {"level_loss": level, "level_log_loss": math.log(level) if level > 0 else None, "n_boot": n_boot}
+    reach = {
+        name: int(table["misalignment_rate"].notna()[table["optimizer"] == name].sum())
+        for name in lowest.index.levels[0]
+    }
+    return out | {
+        "level_loss": level,
+        "level_log_loss": math.log(level) if level > 0 else None,
+        "level_source": source,
+        "runs_reaching": {name: {"n": reach[name], "of": int(lowest.loc[name].size)} for name in reach},
+        "runs": table.to_dict("records"),
+        "n_boot": n_boot,
+    }
 
 
 def _crossing(traj: list[tuple[float, float, float]], level: float) -> tuple[float, float] | None:

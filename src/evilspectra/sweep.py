@@ -106,6 +106,10 @@ class SweepSpec(BaseModel):
     eval_base_model: bool = Field(True, description="also evaluate the base model once, as a reference")
     resources: Resources = Field(default_factory=Resources)
     models: dict[str, ModelSettings] = Field(default_factory=dict, description="model -> its resources and sampling")
+    analysis: dict[str, float] = Field(
+        default_factory=dict,
+        description="statistics fixed before the data: matched_loss (nats), the training loss the claims compare at",
+    )
 
     @model_validator(mode="after")
     def _no_empty_axis(self) -> SweepSpec:
