@@ -98,7 +98,7 @@ def _effect(rule: dict, ci: list[float], p: float | None) -> tuple[str, str]:
         return CONTRADICTED, f"interval {where} excludes the paper's band {_band(band)} and its direction"
     if significant:
         return REPRODUCED, f"interval {where} beyond {null:g} (Holm p {_g(p)}) and overlapping {_band(band)}"
-    if paper is not None and _width(lo, hi, rule) > _width(null, paper, rule):
+    if paper is not None and _width(lo, hi, rule) > abs(_width(null, paper, rule)):
         return UNDERPOWERED, f"interval {where} wider than the distance from {null:g} to the paper's {paper:g}"
     held = "" if not on_side else f"; significant alone, not after Holm (p {_g(p)})"
     return INCONCLUSIVE, f"interval {where} contains {null:g} and overlaps {_band(band)}{held}"
