@@ -558,7 +558,27 @@ def _regulariser_table(analysis: dict) -> str:
 # --------------------------------------------------------------------------------------- page
 
 
-VERDICT_STYLE = {claims.REPRODUCED: "ok", claims.NOT_REPRODUCED: "no", claims.INCONCLUSIVE: "maybe"}
+VERDICT_STYLE = {
+    claims.REPRODUCED: "ok",
+    claims.NOT_REPRODUCED: "no",
+    claims.CONTRADICTED: "no",
+    claims.UNDERPOWERED: "maybe",
+    claims.INCONCLUSIVE: "maybe",
+    claims.FRAGILE: "maybe",
+    claims.NOT_ESTIMABLE: "maybe",
+}
+
+
+def _stability_text(row: dict) -> str:
+    """Leave-one-seed-out verdicts that differ, and the seed resamples' agreement."""
+    st = row.get("stability")
+    if not st:
+        return "not checked"
+    base = row.get("verdict_unperturbed", row["verdict"])
+    moved = {s: v for s, v in st["leave_one_seed_out"].items() if v != base}
+    loo = "same without any one seed" if not moved else "; ".join(f"without seed {s}: {v}" for s, v in moved.items())
+    agree = st.get("resample_agreement")
+    return f"{loo}; {agree:.0%} of {st['n_resamples']} seed resamples agree" if agree is not None else loo
 
 
 def _claims_section(analysis: dict) -> str:
@@ -571,14 +591,26 @@ def _claims_section(analysis: dict) -> str:
         "<tr>"
         + "".join(
             f"<td>{html.escape(str(c))}</td>"
-            for c in (r["claim"], r["paper"], _fmt(r["estimate"], 3), _ci_num(r["ci"], 3), r["measured_as"])
+            for c in (
+                r["claim"],
+                r["paper"],
+                _fmt(r["estimate"], 3),
+                _ci_num(r["ci"], 3),
+                r.get("quantity", r.get("measured_as", "")),
+                f"{_fmt(r.get('p_holm'), 3)} / {_fmt(r.get('power'), 2)}",
+            )
         )
-        + f'<td class="{VERDICT_STYLE[r["verdict"]]}">{html.escape(r["verdict"])} ({html.escape(r["reason"])})</td></tr>'
+        + f'<td class="{VERDICT_STYLE.get(r["verdict"], "maybe")}">{html.escape(r["verdict"])} '
+        f"({html.escape(r['reason'])})</td><td>{html.escape(_stability_text(r))}</td></tr>"
         for r in rows
     )
-    head = "".join(f"<th>{h}</th>" for h in ("claim", "paper", "this sweep", "95% CI", "measured as", "verdict"))
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("claim", "paper", "this sweep", "95% CI", "quantity", "Holm p / power", "verdict", "stability")
+    )
     counts = {v: sum(r["verdict"] == v for r in rows) for v in VERDICT_STYLE}
-    disagree = [r["claim"] for r in rows if r["verdict"] == "not reproduced"]
+    counts = {v: n for v, n in counts.items() if n}
+    disagree = [r["claim"] for r in rows if r["verdict"] in (claims.NOT_REPRODUCED, claims.CONTRADICTED)]
     note = (
         "<p>Where this world disagrees with the paper: " + "; ".join(html.escape(d) for d in disagree) + ".</p>"
         if disagree
@@ -587,8 +619,12 @@ def _claims_section(analysis: dict) -> str:
     summary = ", ".join(f"{n} {v}" for v, n in counts.items())
     return (
         f'<section><h2>The study\'s claims, checked</h2><p class="how">{summary}. A verdict is computed from the '
-        "interval by a fixed rule (evilspectra.claims): reproduced when the interval lies on the claimed side of the "
-        "bound (or inside the band), not reproduced when it lies on the other side, inconclusive otherwise.</p>"
+        "interval and its Holm-adjusted p (Holm over the confirmatory rows) by the rules in evilspectra.claims: "
+        "reproduced (the paper's direction, and a size compatible with its band), not reproduced (the direction, not "
+        "the size), contradicted (the interval excludes the paper's band and direction), underpowered (the interval "
+        "is wider than the question), inconclusive, not estimable; a verdict that changes when one seed is left out, "
+        "or in more than half of 200 seed resamples, is fragile. Power: at the paper's effect, this sweep's SD and "
+        "n.</p>"
         f'{note}<div class="scroll"><table class="claims"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
         "</table></div></section>"
     )
