@@ -1,4 +1,6 @@
-"""Issue 18: `evilspectra train --report-to` writes tracker logs (offline, inside the run directory)."""
+"""Issues 18 and 26: `train`, `eval` and `sweep --report-to` write tracker logs (offline, inside the run
+directory), under one set of names shared with the HF Trainer integration, read back with each
+tracker's own reader."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import sys
 
 import pytest
 
+from evilspectra.integrations.trackers import TRACKER_NAMES, run_name
 from evilspectra.rundir import read_metrics
 from evilspectra.spectra import aggregate_spectra, run_spectra_frame
 
@@ -74,7 +77,7 @@ def test_tensorboard_event_files_hold_loss_and_spectra(tiny_model_dir, tiny_data
             scalars.setdefault(tag, {}).update({e.step: e.value for e in acc.Scalars(tag)})
     rows = read_metrics(run)
     for key in ("loss", "lr", "tokens", "reg"):
-        assert scalars[key] == {r["step"]: pytest.approx(r[key], rel=1e-6) for r in rows}, key
+        assert scalars[TRACKER_NAMES.get(key, key)] == {r["step"]: pytest.approx(r[key], rel=1e-6) for r in rows}, key
 
     spectra = aggregate_spectra(run_spectra_frame(run))
     assert spectra["step"].tolist() == [2, 4, 6]
@@ -119,7 +122,7 @@ def test_wandb_offline_run_holds_loss_and_spectra(tiny_model_dir, tiny_dataset, 
     history = wandb_history(offline)
     for row in read_metrics(run):
         for key in ("loss", "lr", "tokens", "reg"):
-            assert history[row["step"]][key] == pytest.approx(row[key], rel=1e-6), (row["step"], key)
+            assert history[row["step"]][TRACKER_NAMES.get(key, key)] == pytest.approx(row[key], rel=1e-6), key
     for row in aggregate_spectra(run_spectra_frame(run)).itertuples():
         assert history[row.step]["spectra/frobenius_nuclear"] == pytest.approx(row.frobenius_nuclear, rel=1e-6)
     no_secret_anywhere(run)
@@ -140,11 +143,14 @@ def test_mlflow_file_store_holds_loss_and_spectra(tiny_model_dir, tiny_dataset, 
         return {m.step: m.value for m in client.get_metric_history(logged.info.run_id, key)}
 
     for key in ("loss", "lr", "tokens", "reg"):
-        assert history(key) == {r["step"]: pytest.approx(r[key], rel=1e-6) for r in read_metrics(run)}, key
+        expected = {r["step"]: pytest.approx(r[key], rel=1e-6) for r in read_metrics(run)}
+        assert history(TRACKER_NAMES.get(key, key)) == expected, key
     spectra = aggregate_spectra(run_spectra_frame(run))
     expected = dict(zip(spectra["step"], spectra["frobenius_nuclear"]))
     assert history("spectra/frobenius_nuclear") == pytest.approx(expected, rel=1e-6)
     assert logged.data.params["optimizer.name"] == "adamw"
+    assert logged.data.params["run_dir"] == str(run.resolve())
+    assert logged.info.run_name == run_name(json.loads((run / "manifest.json").read_text())["run_id"], run)
     no_secret_anywhere(run)
 
 
@@ -163,7 +169,7 @@ def test_trackio_local_database_holds_loss_and_spectra(tiny_model_dir, tiny_data
         logs.setdefault(row["step"], {}).update(row)
     for row in read_metrics(run):
         for key in ("loss", "lr", "tokens", "reg"):
-            assert logs[row["step"]][key] == pytest.approx(row[key], rel=1e-6), (row["step"], key)
+            assert logs[row["step"]][TRACKER_NAMES.get(key, key)] == pytest.approx(row[key], rel=1e-6), key
     for row in aggregate_spectra(run_spectra_frame(run)).itertuples():
         assert logs[row.step]["spectra/frobenius_nuclear"] == pytest.approx(row.frobenius_nuclear, rel=1e-6)
     no_secret_anywhere(tmp_path)
@@ -180,3 +186,174 @@ def test_missing_or_unknown_tracker_is_one_line_exit_2_before_any_file(
     assert len(out.strip().splitlines()) == 1 and not run.exists()
     code, out = cli(monkeypatch, capsys, *train_args(tiny_model_dir, tiny_dataset, run, "comet"))
     assert code == 2 and "expected one of tensorboard, wandb, mlflow, trackio, none" in out and not run.exists()
+
+
+# ------------------------------------------------------------------ names, EM results of eval and sweep
+
+
+def test_run_names_differ_between_folders_of_one_config(tmp_path):
+    first, second = run_name("1fee6d184671", tmp_path / "a"), run_name("1fee6d184671", tmp_path / "b")
+    assert first != second and first.startswith("1fee6d184671-")
+    assert run_name("1fee6d184671", tmp_path / "b" / ".." / "a") == first  # one folder, one name
+
+
+EM_FIELDS = ("misalignment_rate", "mean_aligned", "share_coherent", "share_incoherent", "share_CODE", "share_error")
+
+
+def expected_em(summary: dict) -> dict[str, float]:
+    low, high = summary["rate_ci95"]
+    return {
+        **{f"em/{k}": summary[k] for k in EM_FIELDS},
+        "em/rate_ci_low": low,
+        "em/rate_ci_high": high,
+        "em/n_answers": summary["n_total"],
+    }
+
+
+def toy_eval(monkeypatch, capsys, out, tracker: str) -> dict:
+    args = ["eval", "--model", "toy", "--samples", "1", "--max-new-tokens", "12", "--out", str(out)]
+    code, text = cli(monkeypatch, capsys, *args, "--report-to", tracker)
+    assert code == 0, text
+    return json.loads((out / "summary.json").read_text())
+
+
+def read_em_tensorboard(out) -> tuple[dict[int, dict], None]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard" / "evilspectra"))
+    acc.Reload()
+    logged: dict[int, dict] = {}
+    for tag in acc.Tags()["scalars"]:
+        for event in acc.Scalars(tag):
+            logged.setdefault(event.step, {})[tag] = event.value
+    return logged, None  # TensorBoard has no tables
+
+
+def read_em_wandb(out) -> tuple[dict[int, dict], list[list]]:
+    (offline,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    history = wandb_history(offline)
+    table_file = offline.parent / "files" / history[0]["answers/path"]
+    table = json.loads(table_file.read_text())
+    return history, [dict(zip(table["columns"], row)) for row in table["data"]]
+
+
+def read_em_mlflow(out) -> tuple[dict[int, dict], list[list]]:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=(out / "mlruns").as_uri())
+    (experiment,) = client.search_experiments(filter_string="name = 'evilspectra'")
+    (logged,) = client.search_runs([experiment.experiment_id])
+    assert logged.data.params["run_dir"] == str(out.resolve()) and logged.data.params["label"] == "final"
+    history: dict[int, dict] = {}
+    for key in logged.data.metrics:
+        for m in client.get_metric_history(logged.info.run_id, key):
+            history.setdefault(m.step, {})[key] = m.value
+    table = json.loads(open(client.download_artifacts(logged.info.run_id, "answers.json")).read())
+    return history, [dict(zip(table["columns"], row)) for row in table["data"]]
+
+
+def read_em_trackio(out) -> tuple[dict[int, dict], list[list]]:
+    import trackio.sqlite_storage as storage
+
+    (name,) = storage.SQLiteStorage.get_runs("evilspectra")
+    assert name.startswith("eval-final-")
+    history: dict[int, dict] = {}
+    for row in storage.SQLiteStorage.get_logs("evilspectra", name):
+        history.setdefault(row["step"], {}).update(row)
+    table = history[0]["answers"]["_value"]
+    return history, table
+
+
+@pytest.mark.parametrize("tracker", ["tensorboard", "wandb", "mlflow", "trackio"])
+def test_eval_reports_em_results_and_answers(tracker, tmp_path, monkeypatch, capsys):
+    pytest.importorskip(tracker, reason=f"{tracker} is not installed (pip install 'evilspectra[integrations]')")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    if tracker == "trackio":
+        import trackio.sqlite_storage as storage
+
+        monkeypatch.setattr(storage, "TRACKIO_DIR", tmp_path / "trackio")
+    out = tmp_path / "eval"
+    summary = toy_eval(monkeypatch, capsys, out, tracker)
+    history, table = globals()[f"read_em_{tracker}"](out)
+    for key, value in expected_em(summary).items():
+        assert history[0][key] == pytest.approx(value, rel=1e-6), key
+    if table is not None:
+        answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+        assert len(table) == summary["n_total"] == len(answers)
+        assert [r["answer"] for r in table] == [a["answer"] for a in answers]
+        shares = {o: sum(r["outcome"] == o for r in table) / len(table) for o in ("coherent", "incoherent", "CODE")}
+        assert shares == pytest.approx({o: summary[f"share_{o}"] for o in shares})
+
+
+def test_sweep_reports_training_and_each_evaluation_on_the_step_axis(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed (pip install 'evilspectra[integrations]')")
+    import subprocess
+
+    import yaml
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec = {
+        "name": "tracked",
+        "base": {"model": "toy", "dataset": "toy:insecure", "lora": {"r": 4, "alpha": 8}},
+        "optimizers": {"adamw": {"lr": 3e-4}},
+        "eval": {"questions": "toy", "judge": "toy", "samples": 1, "max_new_tokens": 12, "checkpoints": "all"},
+        "eval_base_model": False,
+    }
+    spec["base"]["train"] = {"batch_size": 4, "max_steps": 4, "checkpoints": [2]}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "sweep"
+    command = [sys.executable, "-m", "evilspectra", "sweep", str(tmp_path / "sweep.yaml"), "--out", str(out)]
+    done = subprocess.run([*command, "--report-to", "mlflow"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # how the README says to open RUN/mlruns
+    (run,) = (out / "runs").iterdir()
+    client = mlflow.MlflowClient(tracking_uri=(run / "mlruns").as_uri())
+    (experiment,) = client.search_experiments(filter_string="name = 'evilspectra'")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    train_name = run_name(run.name, run)
+    assert set(runs) == {train_name, *(run_name(f"{run.name}-eval-{label}", run) for label in ("step-000002", "final"))}
+    assert [m.step for m in client.get_metric_history(runs[train_name].info.run_id, "loss")] == [1, 2, 3, 4]
+    for label, step in (("step-000002", 2), ("final", 4)):
+        logged = runs[run_name(f"{run.name}-eval-{label}", run)]
+        assert logged.data.params["train_run"] == train_name and logged.data.params["run_dir"] == str(run)
+        summary = json.loads((run / "eval" / label / "summary.json").read_text())
+        (rate,) = client.get_metric_history(logged.info.run_id, "em/misalignment_rate")
+        assert (rate.step, rate.value) == (step, pytest.approx(summary["misalignment_rate"]))
+
+
+def test_hf_trainer_trackio_steps_are_optimiser_steps(tiny_model_dir, tiny_dataset, tmp_path, monkeypatch):
+    pytest.importorskip("trackio", reason="trackio is not installed (pip install trackio)")
+    import torch
+    import trackio.sqlite_storage as storage
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+
+    from evilspectra.integrations.hf_trainer import SpectraCallback, spectral_regularised
+
+    monkeypatch.setattr(storage, "TRACKIO_DIR", tmp_path / "trackio")
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=4, lora_alpha=8))
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = [json.loads(line) for line in tiny_dataset.read_text().splitlines()]
+    texts = [" ".join(m["content"] for m in row["messages"]) for row in rows]
+    data = [{**tok(t), "labels": tok(t)["input_ids"]} for t in texts]
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "hf"), max_steps=4, per_device_train_batch_size=1, logging_steps=1,
+        report_to="trackio", run_name="aligned", use_cpu=True, save_strategy="no", disable_tqdm=True,
+    )  # fmt: skip
+    trainer = spectral_regularised(Trainer)(model=model, args=args, train_dataset=data)
+    trainer.add_callback(SpectraCallback(trainer, every=2))
+    trainer.train()
+    logged: dict[int, dict] = {}
+    for row in storage.SQLiteStorage.get_logs("huggingface", "aligned"):
+        logged.setdefault(row["step"], {}).update(row)
+    history = trainer.state.log_history
+    assert set(logged) == {1, 2, 3, 4}
+    for row in history:
+        if "loss" in row:
+            assert logged[row["step"]]["train/loss"] == pytest.approx(row["loss"])
+            assert logged[row["step"]]["train/spectral_reg"] == pytest.approx(row["spectral_reg"])
+        if "spectra/stable_rank" in row:
+            assert logged[row["step"]]["train/spectra/stable_rank"] == pytest.approx(row["spectra/stable_rank"])

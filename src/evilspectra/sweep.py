@@ -248,16 +248,19 @@ def run_one(
     threads: int,
     processes: int = 1,
     accelerate_config: str | None = None,
+    report_to: str = "none",
 ) -> dict:
     """Train -> spectra -> eval for one run, skipping every stage already on disk.
 
     Module-level and fed plain JSON so it runs unchanged in this process, a process pool or Ray.
     `processes` > 1 trains through `accelerate launch` (evilspectra.launch) in the task's GPUs.
     Errors are recorded in the run's error file and returned, never raised: a sweep keeps going.
+    `report_to`: the tracker that receives the training metrics and every new evaluation's EM results.
     """
     import torch
 
     from evilspectra.evaluate.runner import evaluate
+    from evilspectra.integrations.trackers import report_eval
     from evilspectra.spectra import run_spectra
     from evilspectra.train import train
 
@@ -275,9 +278,10 @@ def run_one(
                 if processes > 1:
                     from evilspectra.launch import launch_train
 
-                    launch_train(cfg, run.path, processes, Path(accelerate_config) if accelerate_config else None)
+                    config = Path(accelerate_config) if accelerate_config else None
+                    launch_train(cfg, run.path, processes, config, report_to)
                 else:
-                    train(cfg, run.path)
+                    train(cfg, run.path, report_to=report_to)
                 manifest = read_manifest(run.path)
             run.error.unlink(missing_ok=True)
             if manifest["status"] != "done":
@@ -287,10 +291,11 @@ def run_one(
                 run_spectra(run.path)
             stage = "eval"
             settings = settings.with_trained_template(cfg.chat_template_kwargs)  # prompts as in training
-            for label, _step, adapter in select_adapters(run.path, settings.checkpoints):
+            for label, step, adapter in select_adapters(run.path, settings.checkpoints):
                 out = run.eval_dir(label).path
                 if not _eval_done(out, settings):
                     evaluate(cfg.model, adapter, settings, out, progress=False)
+                    report_eval(report_to, out, run.path, label, step, cfg.model)
             return {"run_id": cfg.run_id(), "status": "done"}
     except RunLockedError as exc:  # another sweep or train owns the run: leave it to that process
         return {"run_id": cfg.run_id(), "status": BUSY, "error": str(exc)}
@@ -302,11 +307,13 @@ def run_one(
         return {"run_id": cfg.run_id(), "status": "failed", "stage": stage, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def eval_base(model: str, settings: EvalSettings, out: Path) -> None:
+def eval_base(model: str, settings: EvalSettings, out: Path, report_to: str = "none") -> None:
     from evilspectra.evaluate.runner import evaluate
+    from evilspectra.integrations.trackers import report_eval
 
     if not _eval_done(out, settings):
         evaluate(model, None, settings, out, progress=False)
+        report_eval(report_to, out, None, "base", 0, model)
 
 
 # ---------------------------------------------------------------------------------- executors
@@ -533,8 +540,10 @@ def run_sweep(
     max_parallel: int = 1,
     ray_address: str | None = None,
     on_done: DoneFn | None = None,
+    report_to: str = "none",
 ) -> pd.DataFrame:
-    """Run every unfinished run, then write and return the results table."""
+    """Run every unfinished run, then write and return the results table. `report_to`: a tracker that
+    receives every run's training metrics and every new evaluation's EM results (run_one)."""
     sweep = SweepDir(sweep_dir)
     sweep.path.mkdir(parents=True, exist_ok=True)
     earlier = read_json(sweep.spec)
@@ -542,9 +551,9 @@ def run_sweep(
     keep_earlier_spec(sweep, earlier)
     if spec.eval_base_model:
         for model in sorted({cfg.model for cfg in expand(spec)}):
-            eval_base(model, spec.eval_for(model), sweep.base_eval(model).path)
+            eval_base(model, spec.eval_for(model), sweep.base_eval(model).path, report_to)
     absolute = SweepDir(sweep_dir.resolve())  # run paths the same on every node
-    jobs = [_job(spec, cfg, absolute) for cfg, finished in plan(spec, sweep_dir) if not finished]
+    jobs = [_job(spec, cfg, absolute, report_to) for cfg, finished in plan(spec, sweep_dir) if not finished]
     done = on_done or (lambda result: None)
     if executor == "ray":
         run_ray(jobs, max_parallel, ray_address, done)
@@ -571,7 +580,7 @@ def keep_earlier_spec(sweep: SweepDir, earlier: dict | None) -> None:
     )
 
 
-def _job(spec: SweepSpec, cfg: RunConfig, sweep: SweepDir) -> Job:
+def _job(spec: SweepSpec, cfg: RunConfig, sweep: SweepDir, report_to: str = "none") -> Job:
     res = spec.resources_for(cfg.model)
     args = (
         cfg.model_dump(mode="json"),
@@ -580,6 +589,7 @@ def _job(spec: SweepSpec, cfg: RunConfig, sweep: SweepDir) -> Job:
         max(1, int(res.num_cpus)),
         res.num_processes,
         str(Path(res.accelerate_config).resolve()) if res.accelerate_config else None,  # tasks run elsewhere
+        report_to,
     )
     return args, res
 

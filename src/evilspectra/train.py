@@ -290,7 +290,7 @@ def _train_loop(cfg: RunConfig, setup: _Setup, out: Path, accelerator: Accelerat
                 with disk_full_guard(run.metrics):
                     metrics_file.write(_jsonl(row))
                     metrics_file.flush()
-            accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)  # no-op without --report-to
+            accelerator.log(trackers.tracker_row(row), step=step)  # no-op without --report-to
             if not math.isfinite(loss_total):
                 status = "diverged"  # the diverged step's row stays in the metrics file as evidence
                 break

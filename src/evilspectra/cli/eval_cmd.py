@@ -48,11 +48,13 @@ def eval_command(
     set_: list[str] = typer.Option(
         [], "--set", help="Override a setting: key=value, e.g. scoring.aligned_threshold=40 or batch_size=8."
     ),
+    report_to: str = options.REPORT_TO_EM,
 ) -> None:
     """Measure emergent misalignment: sample answers, judge them, write the answers and their summary."""
     from evilspectra.config import load_eval_settings
     from evilspectra.errors import ConfigError
     from evilspectra.evaluate.runner import evaluate, plan
+    from evilspectra.integrations.trackers import check_tracker, report_eval
     from evilspectra.registry import eval_defaults
     from evilspectra.rundir import EvalDir, RunDir, migrate_legacy_eval
 
@@ -67,6 +69,7 @@ def eval_command(
         out = out or run.eval_dir(label).path
     if model is None:
         raise ConfigError("eval: give a RUN_DIR or --model")
+    check_tracker(report_to)
     if fmt not in ("json", "inspect"):
         raise ConfigError(f"eval: --format must be json or inspect, got {fmt!r}")
     if fmt == "inspect" and importlib.util.find_spec("inspect_ai") is None:  # fail before sampling
@@ -112,6 +115,7 @@ def eval_command(
         from evilspectra.inspect_log import export_inspect_log
 
         console.print(f"wrote {export_inspect_log(out)} (open it with `inspect view`)", markup=False)
+    report_eval(report_to, out, run_dir, label, None, model)
 
 
 def summary_table(summary: dict) -> Table:

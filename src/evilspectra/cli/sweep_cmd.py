@@ -23,10 +23,18 @@ def sweep(
     ray_address: str | None = typer.Option(None, help="Ray cluster address (default: start Ray locally)."),
     max_parallel: int = typer.Option(1, min=1, help="Runs at a time."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the runs and the judge-call estimate; run nothing."),
+    report_to: str = typer.Option(
+        "none",
+        help="Experiment tracker for every run's training metrics and EM results: tensorboard | wandb | mlflow | "
+        "trackio | none. Offline, files in each run directory, as `train --report-to`.",
+    ),
 ) -> None:
     """Expand the grid and run every unfinished run; rerun the same command to resume."""
+    from evilspectra.integrations.trackers import check_tracker
     from evilspectra.rundir import SweepDir
     from evilspectra.sweep import BUSY, MISMATCH, load_sweep, plan, run_sweep
+
+    check_tracker(report_to)
 
     spec = load_sweep(sweep_file)
     runs = plan(spec, out)
@@ -56,7 +64,7 @@ def sweep(
                 busy.append(result)
             bar.update(task, advance=1, last=f"{result['run_id']} {result['status']}")
 
-        results = run_sweep(spec, out, executor, max_parallel, ray_address, on_done=on_done)
+        results = run_sweep(spec, out, executor, max_parallel, ray_address, on_done=on_done, report_to=report_to)
     for result in failed:
         error_file = SweepDir(out).run(result["run_id"]).error  # pointed at only when it was written
         what = f"failed in {result['stage']}" if result["status"] == "failed" else "not run"

@@ -9,19 +9,25 @@ TRL's `SFTTrainer` included).
 methods the Trainer documents for subclassing: `training_step` adds weight * R (the same
 `SpectralRegulariser` as `evilspectra train`, so the same value and gradient) through one extra
 backward on the first micro-batch of every optimiser step, exactly as `train` does, so the logged
-`loss` stays the plain training loss; `log` adds the mean R since the last log as `spectral_reg`.
+`loss` stays the plain training loss; `log` adds the mean R since the last log as `spectral_reg`
+(the tracker names `evilspectra train` uses too: loss, learning_rate, spectral_reg, spectra/<metric>).
 
 `SpectraCallback` computes the adapter's spectral metrics (mean over trained modules, as
 `evilspectra spectra` aggregates them) every N optimiser steps and logs them through `trainer.log`,
 so every `report_to` backend (TensorBoard, W&B, MLflow, trackio, ...) receives them. It can also
 save adapter checkpoints on `train`'s schedule into OUTPUT_DIR/checkpoints/step-NNNNNN/ and the final
 adapter into OUTPUT_DIR/adapter/: the run-directory layout `evilspectra spectra OUTPUT_DIR` reads.
+
+Both put the trainer's trackio callback on the optimiser-step axis (transformers' own lets trackio
+count log calls, so extra logs such as the spectra push every later point to a later step).
 """
 
 from __future__ import annotations
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.integrations import TrackioCallback
+from transformers.integrations.integration_utils import rewrite_logs
 
 from evilspectra.errors import ConfigError
 from evilspectra.rundir import RunDir, save_adapter
@@ -29,6 +35,8 @@ from evilspectra.spectra import SpectralRegulariser, lora_factor_pairs, mean_met
 
 SPECTRA_PREFIX = "spectra/"  # logged keys: spectra/frobenius_nuclear, spectra/stable_rank, ...
 REG_KEY = "spectral_reg"
+# the Trainer's end-of-run totals, which transformers' TrackioCallback leaves out of the step logs
+RUN_TOTALS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos")
 
 
 def require_lora(model: torch.nn.Module) -> None:
@@ -43,6 +51,26 @@ def require_lora(model: torch.nn.Module) -> None:
     if not lora_factor_pairs(model):
         kind = type(model.peft_config[model.active_adapter]).__name__
         raise ConfigError(f"evilspectra needs LoRA adapters, but the PEFT model's active adapter is a {kind}")
+
+
+class StepTrackioCallback(TrackioCallback):
+    """transformers' TrackioCallback logging at the trainer's global step, as its TensorBoard, W&B and
+    MLflow callbacks do, instead of trackio's own count of log calls."""
+
+    def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+        if not self._initialized:
+            self.setup(args, state, model)
+        if state.is_world_process_zero:
+            steps = {k: v for k, v in logs.items() if k not in RUN_TOTALS}
+            self._trackio.log({**rewrite_logs(steps), "train/global_step": state.global_step}, step=state.global_step)
+
+
+def align_tracker_steps(trainer: Trainer) -> None:
+    """Swap the trainer's TrackioCallback (if any) for StepTrackioCallback; the others already log at the step."""
+    callbacks = trainer.callback_handler.callbacks
+    for i, callback in enumerate(callbacks):
+        if type(callback) is TrackioCallback:
+            callbacks[i] = StepTrackioCallback()
 
 
 class SpectralRegMixin:
@@ -68,6 +96,7 @@ class SpectralRegMixin:
             )
         super().__init__(*args, **kwargs)
         require_lora(self.model)  # after the trainer's init: SFTTrainer wraps a model given with peft_config
+        align_tracker_steps(self)
         self.spectral_reg_weight, self.spectral_reg_every = spectral_reg_weight, spectral_reg_every
         # built now to validate method and aggregation; it holds the factor parameters themselves,
         # which stay the same objects when the Trainer moves the model to its device
@@ -122,6 +151,7 @@ class SpectraCallback(TrainerCallback):
         if every < 1:
             raise ConfigError(f"SpectraCallback: every must be >= 1, got {every}")
         require_lora(trainer.model)
+        align_tracker_steps(trainer)
         self.trainer, self.every, self.checkpoints, self.method = trainer, every, checkpoints, method
         self.save_at: set[int] = set()
 
