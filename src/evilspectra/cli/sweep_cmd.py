@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from evilspectra.cli import app, make_console
+from evilspectra.progress import LineProgress, on_terminal
 
 console = make_console()  # tables whole in a pipe or a log (cli.make_console)
 
@@ -47,14 +48,7 @@ def sweep(
     )
     failed: list[dict] = []
     busy: list[dict] = []  # held by another sweep or train: left to it, not failed
-    with Progress(
-        TextColumn("[bold]runs"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[last]}"),
-        console=console,
-    ) as bar:
+    with _runs_progress() as bar:
         task = bar.add_task("runs", total=todo, last="")
 
         def on_done(result: dict) -> None:
@@ -75,6 +69,20 @@ def sweep(
     console.print(f"{len(results)} result rows -> {SweepDir(out).results}", markup=False)
     if failed:
         raise typer.Exit(1)
+
+
+def _runs_progress() -> Progress | LineProgress:
+    """The sweep's bar of finished runs, with the last run's status (plain lines off a terminal)."""
+    if not on_terminal():
+        return LineProgress()
+    return Progress(
+        TextColumn("[bold]runs"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[last]}"),
+        console=console,
+    )
 
 
 def _print_per_model(spec, estimates: dict[str, dict]) -> None:

@@ -12,14 +12,17 @@ from rich.table import Table
 from rich.text import Text
 
 from evilspectra.cli import app, make_console
+from evilspectra.progress import LineProgress, on_terminal
 
 console = make_console()  # tables whole in a pipe or a log (cli.make_console)
 data_app = typer.Typer(help="Inspect and validate chat datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
-def step_progress(label: str) -> Progress:
-    """A progress bar for optimiser steps, with the latest loss."""
+def step_progress(label: str) -> Progress | LineProgress:
+    """A progress bar for optimiser steps, with the latest loss (plain lines off a terminal)."""
+    if not on_terminal():
+        return LineProgress()
     return Progress(
         TextColumn(f"[bold]{label}"),
         BarColumn(),

@@ -26,6 +26,7 @@ from evilspectra.errors import AdapterError, ConfigError
 from evilspectra.evaluate.schema import Question
 from evilspectra.fast import CUDA_VERIFIED
 from evilspectra.models import load_adapter, load_base_model, load_tokenizer, pick_device, pick_dtype, resolve_model
+from evilspectra.progress import LineProgress, on_terminal
 from evilspectra.rundir import ADAPTER_CONFIG, resolve_adapter
 
 
@@ -357,8 +358,11 @@ def _check_vllm(llm, lora, tok, reference, adapter_dir: Path) -> None:
 # --------------------------------------------------------------------------------------- helpers
 
 
-def progress_bar(enabled: bool = True) -> Progress:
-    """A rich progress bar (description, bar, done/total, time left); silent when not enabled."""
+def progress_bar(enabled: bool = True) -> Progress | LineProgress:
+    """A rich progress bar (description, bar, done/total, time left), plain lines off a terminal;
+    silent when not enabled."""
+    if enabled and not on_terminal():
+        return LineProgress()
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not enabled
     )
