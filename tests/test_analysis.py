@@ -425,7 +425,15 @@ def test_analyze_reads_the_table_that_sweep_writes(tmp_path):
         diverged = cfg.optimizer.name == "sgd"
         final_loss = 0.5 + 0.3 * rng.random()
         (run / "manifest.json").write_text(
-            json.dumps({"status": "diverged" if diverged else "done", "steps_done": 20, "final_loss": final_loss})
+            json.dumps(
+                {
+                    "run_id": cfg.run_id(),
+                    "config": cfg.model_dump(mode="json"),
+                    "status": "diverged" if diverged else "done",
+                    "steps_done": 20,
+                    "final_loss": final_loss,
+                }
+            )
         )
         (run / "metrics.jsonl").write_text(
             "".join(json.dumps({"step": s, "loss": final_loss * 20 / s}) + "\n" for s in range(1, 21))

@@ -259,7 +259,7 @@ def locate(adapter: str | Path) -> tuple[Path, Path | None, dict | None, str]:
 
 
 def adapter_base_model(adapter_dir: Path) -> str | None:
-    """The base model PEFT recorded in adapter_config.json (any PEFT adapter: TRL's, the HF Trainer's,
+    """The base model PEFT recorded in the adapter's config (any PEFT adapter: TRL's, the HF Trainer's,
     ours), as the alias that ships it when it is one (the toy world's weights), else as written."""
     config = read_json(adapter_dir / ADAPTER_CONFIG)
     base = config.get("base_model_name_or_path") if isinstance(config, dict) else None

@@ -96,7 +96,7 @@ def locate(target: str | Path) -> tuple[Path, Path | None]:
 
 
 def base_model_of(manifest: dict | None, adapter_dir: Path) -> str | None:
-    """The base model as the run manifest gives it, else as PEFT recorded it in adapter_config.json."""
+    """The base model as the run manifest gives it, else as PEFT recorded it in the adapter's config."""
     return ((manifest or {}).get("config") or {}).get("model") or adapter_base_model(adapter_dir)
 
 

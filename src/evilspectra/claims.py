@@ -398,7 +398,7 @@ def evaluate_claims(
     inputs: ClaimInputs | None = None,
     stability: Callable[[ClaimInputs, list[Spec], dict[str, str]], dict[str, dict]] | None = None,
 ) -> list[dict]:
-    """The claims table of a sweep: one dict per row (see analysis.json's `claims`).
+    """The claims table of a sweep: one dict per row (the analysis file's `claims`).
 
     `analysis`: the analysis dict (its matched_loss says how the level was chosen); `inputs`: the
     per-seed tables (evilspectra.claim_inputs.build); `stability`: a function returning each row's

@@ -183,7 +183,7 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
 
 
 def _public_spec(spec: SweepSpec) -> dict:
-    """The spec as sweep.json records it: every judge URL without credentials."""
+    """The spec as the sweep directory records it: every judge URL without credentials."""
     from evilspectra.evaluate.endpoint import redact_settings
 
     return redact_settings(spec.model_dump(mode="json"))

@@ -22,7 +22,9 @@ def compare_command(
     b: Path = typer.Argument(..., help="Second judgement of the same answers (e.g. written by `rejudge`)."),
     label_a: str = typer.Option("final", help="Evaluation label read in A when A is a run or a sweep."),
     label_b: str | None = typer.Option(None, help="Evaluation label read in B (default: --label-a)."),
-    out: Path = typer.Option(Path("judge-agreement"), "--out", "-o", help="Directory for agreement.json/.png."),
+    out: Path = typer.Option(
+        Path("judge-agreement"), "--out", "-o", help="Directory for the agreement table (JSON) and figure (PNG)."
+    ),
 ) -> None:
     """Answer-by-answer agreement: correlations, Cohen's kappa, confusion table, paired rate difference."""
     from evilspectra.evaluate.agreement import compare, plot, read_answers

@@ -25,8 +25,8 @@ def rejudge_command(
         None, help="Label of the new judgement: RUN/eval/<label of the first>--<label>/ (default: from --judge)."
     ),
 ) -> None:
-    """Judge the answers already sampled (samples.jsonl) with another judge, without sampling again,
-    into an evaluation of its own beside the first; a sweep also gets results_by_judge.csv."""
+    """Judge the answers already sampled with another judge, without sampling again,
+    into an evaluation of its own beside the first; a sweep also gets a by-judge results table."""
     from contextlib import nullcontext
 
     from evilspectra.evaluate.rejudge import judge_label, rejudge_eval, rejudge_targets, write_judge_rows

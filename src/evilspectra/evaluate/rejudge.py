@@ -1,12 +1,12 @@
 """Re-judge answers already sampled with another judge: no sampling, an evaluation of its own.
 
-    source  RUN/eval/<label>/                  samples.jsonl + summary.json: read, never written
+    source  RUN/eval/<label>/                  samples + summary: read, never written
     target  RUN/eval/<label>--<judge label>/   samples (a byte copy), its own judge cache,
                                                answers, summary (the new judge, `rejudge_of`)
 
 The target's settings are the source's with the judging part replaced, so thresholds and
 convention stay those of the first judgement. A rerun resumes from the target's judge cache. A
-sweep's re-judged rows are written beside its results rows (`results_by_judge.csv`, one row per
+sweep's re-judged rows are written beside its results rows (`rundir.JUDGE_RESULTS`, one row per
 run, checkpoint and judge, with the evaluation label in `eval_label`).
 """
 
@@ -62,7 +62,9 @@ def rejudge_eval(source: Path, target: Path, judging: dict, progress: bool = Tru
     src, dst = EvalDir(source), EvalDir(target)
     summary = read_json(src.summary)
     if summary is None or not src.samples.is_file() or not isinstance(summary.get("settings"), dict):
-        raise ConfigError(f"{src.path}: no samples.jsonl and summary.json to re-judge; run `evilspectra eval` first")
+        raise ConfigError(
+            f"{src.path}: no {src.samples.name} and {src.summary.name} to re-judge; run `evilspectra eval` first"
+        )
     if dst.path.resolve() == src.path.resolve():
         raise ConfigError(f"{dst.path}: the re-judgement needs a directory of its own, not the source's")
     settings = EvalSettings.model_validate({**summary["settings"], **judging})
@@ -104,7 +106,7 @@ def rejudge_targets(path: Path, label: str) -> list[tuple[EvalDir, EvalDir, RunD
 
 
 def judge_rows(sweep_dir: Path) -> pd.DataFrame:
-    """The sweep's results rows (results.csv), each repeated for every re-judgement of its evaluation,
+    """The sweep's results rows, each repeated for every re-judgement of its evaluation,
     with that evaluation's outcome columns and its label in `eval_label` (the first judge's rows: the
     checkpoint label)."""
     sweep = SweepDir(sweep_dir)
@@ -122,7 +124,7 @@ def judge_rows(sweep_dir: Path) -> pd.DataFrame:
 
 
 def write_judge_rows(sweep_dir: Path) -> Path:
-    """Write SWEEP/results_by_judge.csv (judge_rows) and return its path."""
+    """Write the sweep's by-judge results table (judge_rows) and return its path."""
     path = SweepDir(sweep_dir).path / JUDGE_RESULTS
     table = judge_rows(sweep_dir)
     atomic_write_file(path, lambda tmp: table.to_csv(tmp, index=False))
@@ -130,7 +132,7 @@ def write_judge_rows(sweep_dir: Path) -> Path:
 
 
 def results_for(sweep_dir: Path, eval_label: str | None = None) -> pd.DataFrame:
-    """Results rows shaped like results.csv, judged as evaluation label `eval_label` says: None or a
+    """Results rows shaped like the sweep's results table, judged as evaluation label `eval_label` says: None or a
     checkpoint label -> the first judge's rows; "<checkpoint>--<judge label>" or just "<judge label>"
     -> that re-judgement's rows (for the analysis of one judge)."""
     table = judge_rows(sweep_dir)
