@@ -223,6 +223,15 @@ def test_nan_and_infinite_thresholds_are_refused(done_run, flags):
     one_error_line(cli("audit", "--adapter", done_run, "--no-eval", *flags), flags[0], "finite")
 
 
+@pytest.mark.parametrize(
+    "setting", ["scoring.aligned_threshold=nan", "coherent_threshold=inf", "coherent_threshold=-inf"]
+)
+def test_nan_and_infinite_scoring_thresholds_are_refused(tmp_path, setting):
+    done = cli("eval", "--model", "toy", "--out", tmp_path / "eval", "--set", setting)
+    one_error_line(done, setting.split("=")[0].split(".")[-1], "finite")
+    assert not (tmp_path / "eval").exists()
+
+
 @pytest.fixture
 def read_only_adapter(tmp_path, done_run) -> Path:
     """The finished run's adapter seen through a read-only bind mount (EROFS: root cannot write it either)."""
