@@ -33,7 +33,15 @@ def demo(
     t0 = time.perf_counter()
     parallel = max_parallel or os.cpu_count() or 1
     preset = "toy-quick" if quick else preset
-    sweep_command(preset_path(preset), out, executor="local", ray_address=None, max_parallel=parallel, dry_run=False)
+    sweep_command(
+        preset_path(preset),
+        out,
+        executor="local",
+        ray_address=None,
+        max_parallel=parallel,
+        dry_run=False,
+        report_to="none",
+    )
     result = analyze(out)
     report = write_report(out)
     _print_headline(result)
