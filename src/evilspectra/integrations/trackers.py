@@ -2,12 +2,12 @@
 
 One set of metric names for `evilspectra train` and the transformers integration (hf_trainer), the
 names the Hugging Face Trainer logs, so a dashboard compares the two directly:
-    loss           training loss of the optimiser step (metrics.jsonl `loss`)
-    learning_rate  the scheduler's learning rate (metrics.jsonl `lr`)
-    spectral_reg   the spectral regulariser's value R, when it ran (metrics.jsonl `reg`)
+    loss           training loss of the optimiser step (metrics file `loss`)
+    learning_rate  the scheduler's learning rate (metrics file `lr`)
+    spectral_reg   the spectral regulariser's value R, when it ran (metrics file `reg`)
     tokens         tokens in the step's batches (`train` only)
     spectra/<m>    mean spectral metrics of each saved adapter (the numbers `evilspectra spectra` prints)
-(metrics.jsonl keeps its own short keys: it is a file contract.) On TensorBoard, W&B and trackio the
+(The run's metrics file keeps its own short keys: it is a file contract.) On TensorBoard, W&B and trackio the
 Trainer's own callbacks put `train/` before every name; the step axis is the optimiser step everywhere.
 `eval` and `sweep` log each evaluation's EM results as `em/<field>` (misalignment_rate, rate_ci_low,
 rate_ci_high, mean_aligned, n_*, share_<outcome>) at the evaluated adapter's step, and its answers as
@@ -39,7 +39,7 @@ from evilspectra.rundir import MLRUNS, OUTCOMES, TENSORBOARD, EvalDir, RunDir, r
 PROJECT = "evilspectra"  # tensorboard's sub-directory, wandb's and trackio's project, mlflow's experiment
 TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
 REPORT_TO = (*TRACKERS, "none")
-TRACKER_NAMES = {"lr": "learning_rate", "reg": "spectral_reg"}  # metrics.jsonl key -> tracker name
+TRACKER_NAMES = {"lr": "learning_rate", "reg": "spectral_reg"}  # metrics-file key -> tracker name
 EM_PREFIX = "em/"
 ANSWER_COLUMNS = ("question_id", "paraphrase", "answer", "aligned", "coherent", "outcome")
 PACKAGES = {  # what to pip install for each (all come with evilspectra[integrations])
@@ -102,7 +102,7 @@ def start(accelerator, report_to: str, run_id: str, out: Path, config: dict) -> 
 
 
 def tracker_row(row: dict) -> dict:
-    """A metrics.jsonl row under the trackers' names (module docstring), without its step."""
+    """A metrics-file row under the trackers' names (module docstring), without its step."""
     return {TRACKER_NAMES.get(k, k): v for k, v in row.items() if k != "step"}
 
 
