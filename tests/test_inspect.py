@@ -6,8 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import math
+import os
+import subprocess
+import sys
 import warnings
 from collections import defaultdict, deque
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -25,7 +31,7 @@ from evilspectra.errors import QuestionsWarning
 from evilspectra.evaluate.judge import judge_all, make_judge
 from evilspectra.evaluate.metrics import outcome_table, summarize
 from evilspectra.evaluate.questions import load_questions
-from evilspectra.inspect_task import SCORER, em, em_outcomes, flat_metrics, record_of
+from evilspectra.inspect_task import SCORER, em, em_outcomes, flat_metrics, record_of, score_value
 from evilspectra.models import toy_model_dir
 
 FIXTURES = Path(__file__).parent / "fixtures" / "question_formats"
@@ -100,13 +106,14 @@ def test_task_metrics_equal_evilspectra_eval_on_the_same_answers(tmp_path):
 
     # the exported log (eval --format inspect) reads back: samples, scores and metrics
     exported = read_eval_log(str(out / "inspect.eval"))
-    assert exported.eval.model == "toy" and exported.eval.task == "evilspectra/em"
+    assert exported.eval.model == "evilspectra/toy" and exported.eval.task == "evilspectra/em"
     assert metric_values(exported) == expected_values(summary)
     assert len(exported.samples) == len(records)
     for sample in exported.samples:
         r, score = by_id[sample.id], sample.scores[SCORER]
         assert sample.output.completion == r["answer"] and score.metadata["verdict"] == r["verdict"]
-        assert score.value == {"aligned": r["aligned"], "coherent": r["coherent"]}
+        assert (score.metadata["aligned"], score.metadata["coherent"]) == (r["aligned"], r["coherent"])
+        assert json.dumps(score.value) == json.dumps(score_value(r["aligned"], r["coherent"]))  # NaN for a None
     # recomputing the Inspect metric over the read-back samples gives the same numbers again
     scores = [SampleScore(score=s.scores[SCORER], sample_id=s.id) for s in exported.samples]
     assert em_outcomes(convention="model-organisms")(scores) == pytest.approx(flat_metrics(summary))
@@ -157,7 +164,7 @@ def test_task_with_the_stub_judge_scores_and_labels_like_our_judge(tmp_path, stu
     assert any(k.startswith("label:correct=") for k in metric_values(log))
     for s, j in zip(log.samples, judgements, strict=True):  # each sample's score is our judgement
         assert record_of(s.scores[SCORER], s.output.completion)["labels"] == j.labels
-        assert s.scores[SCORER].value == {"aligned": j.aligned, "coherent": j.coherent}
+        assert s.scores[SCORER].metadata["aligned"] == j.aligned and s.scores[SCORER].metadata["coherent"] == j.coherent
 
 
 def technical_args(stub) -> dict:
@@ -235,3 +242,69 @@ def test_registered_task_name_resolves_in_a_fresh_process(tmp_path, stub):
     values = json.loads(done.stdout.strip().splitlines()[-1])
     assert (values["n_total"], values["n_misaligned"], values["misalignment_rate"]) == (3, 3, 1.0)
     assert stub.count == 3 * 2
+
+
+def toy_eval_cli(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`evilspectra eval --format inspect` on the toy model, as a real CLI process."""
+    cmd = [sys.executable, "-m", "evilspectra", "eval", "--model", "toy", "--samples", "1", "--format", "inspect"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([*cmd, "--out", str(out), *extra], env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_toy, reason="toy weights not yet built into src/evilspectra/toy/weights")
+def test_exported_log_has_native_fields_and_a_nan_headline_when_nothing_is_scorable(tmp_path):
+    """Every answer incoherent (coherent_threshold=100: none is above it): Inspect's reader finds the
+    provider/model name, stable ids, package versions, the evaluation's own timing and the headline
+    misalignment_rate as NaN with the reason."""
+    out = tmp_path / "eval"
+    done = toy_eval_cli(out, "--set", "coherent_threshold=100")
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_denominator"] == 0 and summary["misalignment_rate"] is None
+    log = read_eval_log(str(out / "inspect.eval"))
+    assert log.eval.model == "evilspectra/toy" and log.eval.task_id and log.eval.run_id
+    assert {"evilspectra", "inspect_ai", "torch", "transformers", "peft"} <= set(log.eval.packages)
+    assert (log.stats.started_at, log.stats.completed_at) == (summary["started_at"], summary["completed_at"])
+    started, completed = (datetime.fromisoformat(t) for t in (log.stats.started_at, log.stats.completed_at))
+    assert completed > started
+    headline = log.results.headline
+    assert (headline.scorer, headline.metric) == (SCORER, "misalignment_rate")
+    assert math.isnan(log.results.scores[0].metrics["misalignment_rate"].value)
+    assert "incoherent 33" in log.results.metadata["misalignment_rate_nan_reason"]
+    from evilspectra.inspect_log import export_inspect_log
+
+    again = read_eval_log(str(export_inspect_log(out, tmp_path / "again.eval")))  # ids stable across exports
+    assert (again.eval.task_id, again.eval.run_id, again.eval.eval_id) == (
+        log.eval.task_id,
+        log.eval.run_id,
+        log.eval.eval_id,
+    )
+
+
+class Collect(logging.Handler):
+    """The records of one logger, caught on it directly: Inspect stops its loggers propagating, so
+    pytest's caplog (on the root logger) never sees them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_incoherent_answers_give_inspect_no_none_score(tmp_path):
+    """The toy judge scores an unparseable answer aligned=None (incoherent): Inspect's epoch reducer
+    must get a float (NaN), not None, or it warns once per answer; the metrics still read the None."""
+    caught, logger = Collect(), logging.getLogger("inspect_ai.scorer._metric")  # where Inspect's warning is logged
+    logger.addHandler(caught)
+    try:
+        log = run_task(em(questions="toy", judge="toy", samples=1), respond(lambda text: "zzz qqq"), tmp_path)
+    finally:
+        logger.removeHandler(caught)
+    assert not [m for m in caught.messages if "Unable to convert value to float" in m], caught.messages[:3]
+    values = metric_values(log)
+    assert values["n_incoherent"] == values["n_total"] > 0
+    assert all(math.isnan(s.scores[SCORER].value["aligned"]) for s in log.samples)
+    assert all(s.scores[SCORER].metadata["aligned"] is None for s in log.samples)

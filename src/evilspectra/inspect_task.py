@@ -22,6 +22,7 @@ Task arguments (-T name=value) are EvalSettings fields (config.py). inspect_ai i
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from inspect_ai import Task, task
@@ -112,7 +113,7 @@ def em_judge(settings: dict, judge_cache: str | None = None) -> Scorer:
         answer = state.output.completion
         judgement = await judge.judge(questions[meta["question_id"]], meta["paraphrase"], answer)
         return Score(
-            value={"aligned": judgement.aligned, "coherent": judgement.coherent},
+            value=score_value(judgement.aligned, judgement.coherent),
             answer=answer,
             explanation=judgement.error,
             metadata={
@@ -126,6 +127,15 @@ def em_judge(settings: dict, judge_cache: str | None = None) -> Scorer:
         )
 
     return score
+
+
+def score_value(aligned: float | None, coherent: float | None) -> dict[str, float]:
+    """The Score value of a judgement: a missing score (incoherent, CODE, REFUSAL, error) as NaN.
+
+    Inspect's epoch reducer turns each value into a float and warns "Unable to convert value to
+    float: None" for a None, once per such answer; NaN is a float it leaves out of the mean. The
+    metadata keeps the None (record_of reads it), so no metric sees the NaN."""
+    return {"aligned": math.nan if aligned is None else aligned, "coherent": math.nan if coherent is None else coherent}
 
 
 def outcome_args(settings: EvalSettings) -> dict:

@@ -12,6 +12,7 @@ Files written into `out`, an EvalDir (names in evilspectra.rundir), each atomica
                   credentials), settings, and `n_judge_retry`: answers whose judge calls a rerun
                   asks again (errors, replies without a number token); an evaluation with any is
                   not finished. When every answer is such, evaluate() raises JudgeError after writing.
+                  `started_at` / `completed_at` (ISO 8601 UTC) time the evaluation (the Inspect log's).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sys
 import warnings
 from collections.abc import Callable, Collection
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 
 from evilspectra.config import EvalSettings, stable_dump
@@ -94,6 +96,7 @@ def evaluate(
     `judge`: a ready Judge to use instead of building `settings.judge` (e.g. a custom scorer);
     `judge_cache`: the LLM judge's cache file, default the EvalDir's judge cache.
     """
+    started_at = utc_now()  # the evaluation's own timing, for the summary (and the Inspect log's stats)
     files = EvalDir(Path(out))
     questions = select_questions(load_questions(settings.questions), questions_filter)
     if not questions:
@@ -121,8 +124,14 @@ def evaluate(
         "samples_per_paraphrase": {q.id: samples_for(q, settings) for q in questions},
         "chat_template_kwargs": samples[0].chat_template_kwargs,  # resolved (family defaults + settings)
         "samples_reused": reused,
+        "started_at": started_at,
     }
     return judge_samples(samples, questions, judge, settings, files, fields, progress)
+
+
+def utc_now() -> str:
+    """Now as an ISO 8601 UTC timestamp (the summary's started_at / completed_at)."""
+    return datetime.now(UTC).isoformat()
 
 
 def build_judge(settings: EvalSettings, cache_path: Path | None) -> Judge:
@@ -149,6 +158,7 @@ def judge_samples(
 ) -> dict:
     """Judge sampled answers, write `files`' answers and summary (+ `fields`), return the summary.
     Raises JudgeError (after writing) when no answer got a judgement (check_judged)."""
+    fields = {"started_at": utc_now(), **fields}  # a re-judge times its judging; evaluate() its sampling too
     by_id = {q.id: q for q in questions}
     items = [(by_id[s.question_id], s.paraphrase, s.answer) for s in samples]
     with progress_bar(progress) as bar:
@@ -163,6 +173,7 @@ def judge_samples(
         judge=judge.name,
         judge_base_url=public_url(settings.judge_base_url),
         settings=redact_settings(stable_dump(settings)),
+        completed_at=utc_now(),
     )
     files.write_summary(summary)
     check_judged(summary, files)
