@@ -100,8 +100,9 @@ def _effect(rule: dict, ci: list[float], p: float | None) -> tuple[str, str]:
         return REPRODUCED, f"interval {where} beyond {null:g} (Holm p {_g(p)}) and overlapping {_band(band)}"
     if paper is not None and _width(lo, hi, rule) > abs(_width(null, paper, rule)):
         return UNDERPOWERED, f"interval {where} wider than the distance from {null:g} to the paper's {paper:g}"
-    held = "" if not on_side else f"; significant alone, not after Holm (p {_g(p)})"
-    return INCONCLUSIVE, f"interval {where} contains {null:g} and overlaps {_band(band)}{held}"
+    if on_side:  # the interval alone excludes the null; the table-wide Holm correction does not
+        return INCONCLUSIVE, f"interval {where} beyond {null:g} and overlapping {_band(band)}, but Holm p {_g(p)}"
+    return INCONCLUSIVE, f"interval {where} contains {null:g} and overlaps {_band(band)}"
 
 
 def _equivalent(margin: float, ci: list[float], p: float | None, ci90: list[float] | None) -> tuple[str, str]:
