@@ -9,7 +9,7 @@ import sys
 import pandas as pd
 import pytest
 
-from evilspectra.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
+from evilspectra.claims import VERDICTS
 from evilspectra.models import toy_model_dir
 
 pytestmark = [
@@ -36,7 +36,7 @@ def test_quick_demo_writes_the_claims_table(two_demos):
     analysis = json.loads((a / "analysis.json").read_text())
     claims = analysis["claims"]
     assert {c["id"] for c in claims} >= {"order_adam_lion", "spread", "loss_r2", "regulariser_lion"}
-    assert all(c["verdict"] in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE) for c in claims)
+    assert all(c["verdict"] in VERDICTS and c["stability"] and c["quantity"] for c in claims)
     assert "The study's claims" in stdout
     html = (a / "report.html").read_text()
     assert "The study&#x27;s claims, checked" in html or "The study's claims, checked" in html

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from evilspectra.claim_inputs import ClaimInputs
+from evilspectra.claims import FRAGILE_SHARE, table_verdicts
 
 RESAMPLES = 200
 INNER_BOOT = 200
@@ -25,12 +26,11 @@ INNER_BOOT = 200
 
 def check(inputs: ClaimInputs, rows: list, verdicts: dict[str, str], resamples: int = RESAMPLES, seed: int = 0) -> dict:
     """id -> {leave_one_seed_out: {seed: verdict}, resample_agreement, n_resamples, fragile, why}."""
-    from evilspectra.claims import FRAGILE_SHARE, table_verdicts
-
     seeds = inputs.seeds
     n = len(seeds)
-    if n < 3:
-        return {}
+    if n < 3:  # leaving one of two seeds out leaves no interval: nothing to compare
+        unchecked = {"leave_one_seed_out": {}, "resample_agreement": None, "n_resamples": 0, "fragile": False}
+        return {key: unchecked | {"why": f"not checked: {n} seed(s), 3 needed"} for key in verdicts}
     loo = {
         _label(s): table_verdicts(inputs.with_counts(np.arange(n) != i, INNER_BOOT), rows) for i, s in enumerate(seeds)
     }

@@ -163,15 +163,24 @@ def print_regulariser(result: dict) -> None:
 
 
 def print_claims(result: dict) -> None:
-    table = Table("claim", "paper", "this sweep", "95% CI", "verdict", title="The study's claims (evilspectra.claims)")
+    table = Table(
+        "claim",
+        "paper",
+        "this sweep",
+        "95% CI",
+        "verdict",
+        "stability",
+        title="The study's claims (evilspectra.claims)",
+    )
     for c in result.get("claims", []):
-        ci = c["ci"]
+        ci = c["ci"] or [None, None]  # a side may be unbounded or missing (a ratio over a rate near 0)
         table.add_row(
             c["claim"],
             c["paper"],
             _num(c["estimate"], 3),
-            "-" if not ci else f"{ci[0]:.3f} to {ci[1]:.3f}",
+            "-" if ci == [None, None] else f"{_num(ci[0], 3)} to {_num(ci[1], 3)}",
             c["verdict"],
+            (c.get("stability") or {}).get("why") or "stable",
         )
     console.print(table)
 
