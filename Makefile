@@ -18,7 +18,7 @@ install-dev:
 demo: install
 	evilspectra demo --out demo
 
-# in a random order (pytest-randomly; its seed is printed, `-p randomly -p "randomly_seed=N"` replays it)
+# in a random order (pytest-randomly; its seed is printed, `--randomly-seed=N` replays it)
 test: install-dev
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2
 

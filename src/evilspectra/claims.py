@@ -279,7 +279,7 @@ def specs(level_text: str) -> list[Spec]:
         ),
         Spec(
             "muon_flattest",
-            "Muon leaves the flattest spectra (lowest Frobenius/nuclear ratio than every other optimiser)",
+            "Muon leaves the flattest spectra (a lower Frobenius/nuclear ratio than every other optimiser)",
             "(this toy world's robust finding; the paper's mechanism)",
             "per seed, mean Frobenius/nuclear of an optimiser's unregularised final adapters minus Muon's; "
             "the closest other optimiser",
