@@ -672,8 +672,9 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def machine_info() -> dict[str, Any]:
-    """The machine a result came from: float results differ between CPUs and BLAS code paths
-    (another CPU, or MKL_CBWR=COMPATIBLE, changes the last digits), so a run records its CPU, torch's kernel level, BLAS, threads and GPU."""
+    """The machine a result came from: float results differ between CPUs and BLAS code paths (another
+    CPU, or MKL_CBWR=COMPATIBLE, changes the last digits), so a run records its CPU, torch's kernel
+    level, BLAS, threads and GPU."""
     import torch  # the package's core dependency; imported here so `rundir` stays light to import
 
     build = torch.__config__.show()
