@@ -36,7 +36,7 @@ def cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def toy_run(tmp_path_factory) -> Path:
+def trained_run(tmp_path_factory) -> Path:
     """A short run in the toy world: the toy model on toy insecure code, Lion with betas set."""
     if not (toy_model_dir() / "config.json").is_file():
         pytest.skip("toy weights missing")
@@ -52,6 +52,13 @@ def toy_run(tmp_path_factory) -> Path:
         }
     )
     return train(cfg, tmp_path_factory.mktemp("toy-run"))
+
+
+@pytest.fixture
+def toy_run(trained_run, tmp_path) -> Path:
+    """A copy of the trained run per test: cards and evaluations one test writes never reach
+    another (tests run in a random order)."""
+    return Path(shutil.copytree(trained_run, tmp_path / "toy-run"))
 
 
 @needs_toy

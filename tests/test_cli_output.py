@@ -52,5 +52,6 @@ def test_piped_analyze_prints_every_value_of_the_per_optimiser_table(tmp_path):
 def test_version_and_shell_completion():
     proc = evilspectra("--version")
     assert proc.returncode == 0 and proc.stdout.strip() == f"evilspectra {__version__}"
-    proc = evilspectra("--show-completion", "bash")
+    # typer guesses the shell from the parent process (sh under make) unless told to take its name
+    proc = evilspectra("--show-completion", "bash", _TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION="1")
     assert proc.returncode == 0 and "complete" in proc.stdout and "evilspectra" in proc.stdout.lower()

@@ -103,13 +103,15 @@ def hostile_adapter(tiny_model_dir, tmp_path) -> Path:
     run manifest whose every recorded string is hostile."""
     run = tmp_path / NAME
     adapter = run / "adapter"
+    torch.manual_seed(0)  # A's init too: which modules come out worst must not depend on earlier tests
     peft_model = attach_lora(
         load_base_model(str(tiny_model_dir), torch.float32, torch.device("cpu")), LoraSettings(r=8, alpha=16)
     )
-    torch.manual_seed(0)
     for name, p in peft_model.named_parameters():
         if "lora_B" in name:
             p.data.normal_(0, 0.3)
+            if ".q_proj." in name:  # rank 1, the most concentrated spectrum: the hostile names are the worst modules
+                p.data = torch.outer(p.data[:, 0], torch.ones(p.shape[1]))
     peft_model.save_pretrained(adapter)
     weights = adapter / "adapter_model.safetensors"
     tensors = load_file(weights)

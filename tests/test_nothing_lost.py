@@ -49,13 +49,15 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 def one_error_line(res: subprocess.CompletedProcess, *needles: str) -> str:
-    """The process exited 2 with exactly one line on stderr, `error: ...`, containing every needle."""
-    err = res.stderr.strip()
-    assert res.returncode == 2, (res.returncode, res.stdout[-2000:], err[-3000:])
-    assert err.count("\n") == 0 and err.startswith("error: "), err[-3000:]
+    """The process exited 2 with exactly one `error: ...` line, the last on stderr, containing every
+    needle; no traceback (progress lines may come before it: off a terminal they go to stderr)."""
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2, (res.returncode, res.stdout[-2000:], res.stderr[-3000:])
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in res.stderr, res.stderr[-3000:]
     for needle in needles:
-        assert needle in err, (needle, err)
-    return err
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
 
 
 @pytest.fixture(scope="module")

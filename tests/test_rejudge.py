@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -66,8 +67,19 @@ def cli(capfd, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def snapshot(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+def snapshot(directory: Path) -> dict[str, object]:
+    """Every file's bytes; the judge cache by its rows, since sqlite's own journal files (-wal, -shm)
+    come and go as connections close, without any judgement changing."""
+    files = {}
+    for p in sorted(directory.rglob("*")):
+        if p.name.endswith(("-wal", "-shm")) or not p.is_file():
+            continue
+        if p.suffix == ".sqlite":
+            with sqlite3.connect(p) as db:
+                files[p.name] = sorted(db.execute("SELECT * FROM judgements").fetchall())
+        else:
+            files[str(p.relative_to(directory))] = p.read_bytes()
+    return files
 
 
 def pearson(x: list[float], y: list[float]) -> float:
@@ -106,7 +118,7 @@ def test_rejudge_with_a_known_harsher_judge_and_compare(tmp_path, monkeypatch, c
         assert judge_b.count == 2 * len(MARKS)
         code, _, stderr = cli(capfd, *argv)  # resumable: a rerun is answered from its own cache
         assert code == 0 and judge_b.count == 2 * len(MARKS)
-    assert snapshot(first_eval) == before  # the first judgement: byte-identical
+    assert snapshot(first_eval) == before  # the first judgement: byte-identical, its cache row-identical
     second = json.loads((run / "eval" / "final--b" / "summary.json").read_text())
     assert second["judge"] == "openai:b" and second["rejudge_of"]["judge"] == "openai:a"
     assert (run / "eval" / "final--b" / "samples.jsonl").read_bytes() == before["samples.jsonl"]

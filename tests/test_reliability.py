@@ -23,6 +23,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -335,6 +336,8 @@ def test_sigkill_during_evaluation_then_rerun_equals_uninterrupted(trained_run, 
     fresh_calls = stub.count - calls_before - rerun_calls
     assert rerun_calls == fresh_calls - cached  # nothing judged before the kill is paid for twice
     assert resumed.pop("samples_reused") and not reference.pop("samples_reused")
+    for timing in ("started_at", "completed_at"):  # when each evaluation ran: all else must be equal
+        assert datetime.fromisoformat(resumed.pop(timing)) < datetime.fromisoformat(reference.pop(timing))
     assert resumed == reference
     assert (out / "answers.jsonl").read_text() == (tmp_path / "reference" / "answers.jsonl").read_text()
     assert {k: v for k, v in snapshot(run).items() if not k.startswith("eval/")} == before  # training files untouched

@@ -37,7 +37,7 @@ def test_models_override_resources_and_sampling_per_model():
     assert spec.eval_for("big").tensor_parallel_size == 4 and spec.eval_for("big").backend == "vllm"
     args, res = _job(spec, big, SweepDir(Path("/shared/sweep")))
     # one Ray task of 4 GPUs launching 4 processes; the accelerate config found from any working directory
-    assert res.num_gpus == 4 and args[4:] == (4, str(Path("fsdp.yaml").resolve()))
+    assert res.num_gpus == 4 and args[4:6] == (4, str(Path("fsdp.yaml").resolve()))
     assert (
         args[1] == str(SweepDir(Path("/shared/sweep")).run(big.run_id()).path) and args[2]["tensor_parallel_size"] == 4
     )
