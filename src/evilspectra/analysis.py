@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -225,8 +226,6 @@ def load_results(sweep_dir: Path) -> pd.DataFrame:
 def deduplicate_runs(df: pd.DataFrame) -> pd.DataFrame:
     """One copy of each (run_id, checkpoint): the same run found twice (two directories of one
     run id) would count twice in every statistic. Dropped copies are named in a warning."""
-    import warnings
-
     key = ["run_id", "checkpoint"]
     dup = df.duplicated(subset=key, keep="first")
     if dup.any():
@@ -597,8 +596,6 @@ def regulariser_effect(df: pd.DataFrame) -> dict:
         pairs.append(pair)
     unpaired = sorted(set(treated["run_id"]) - {p["run_id"] for p in pairs})
     if unpaired:
-        import warnings
-
         warnings.warn(
             f"regulariser: {len(unpaired)} regularised run(s) have no unregularised twin of the same config "
             f"({', '.join(config)}): {', '.join(map(str, unpaired[:5]))}",
