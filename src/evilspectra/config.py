@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from evilspectra.errors import ConfigError
+from evilspectra.evaluate.endpoint import check_base_url
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -118,8 +119,6 @@ class JudgingSettings(_Strict):
     @field_validator("judge_base_url")
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:
-        from evilspectra.evaluate.endpoint import check_base_url
-
         return None if v is None else check_base_url(v)
 
 

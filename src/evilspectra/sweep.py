@@ -35,6 +35,7 @@ from evilspectra.config import (
     validate_model,
 )
 from evilspectra.errors import ConfigError, DataError
+from evilspectra.evaluate.endpoint import redact_settings
 from evilspectra.evaluate.runner import select_adapters
 from evilspectra.quiet import quiet_hf
 from evilspectra.rundir import (
@@ -184,8 +185,6 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
 
 def _public_spec(spec: SweepSpec) -> dict:
     """The spec as the sweep directory records it: every judge URL without credentials."""
-    from evilspectra.evaluate.endpoint import redact_settings
-
     return redact_settings(spec.model_dump(mode="json"))
 
 
@@ -193,8 +192,6 @@ def _eval_done(out: Path, settings: EvalSettings) -> bool:
     """Finished: a summary made with these settings (placement and retry budget aside; the judge's
     URL compared without credentials) in which every answer was judged: no judge error and no reply
     without a number (`n_judge_retry`; `n_error` in summaries written before it)."""
-    from evilspectra.evaluate.endpoint import redact_settings
-
     summary = read_json(EvalDir(out).summary)
     if not summary or not isinstance(summary.get("settings"), dict):
         return False
