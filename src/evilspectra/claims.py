@@ -119,26 +119,13 @@ def _equivalent(margin: float, ci: list[float], p: float | None, ci90: list[floa
 def _legacy(rule: dict, ci: list[float]) -> tuple[str, str]:
     lo, hi = ci
     kind, bound = rule["kind"], rule["bound"]
-    if kind == "greater":
-        return (
-            (REPRODUCED, f"interval above {bound:g}")
-            if lo > bound
-            else (
-                (NOT_REPRODUCED, f"interval below {bound:g}")
-                if hi < bound
-                else (INCONCLUSIVE, f"interval contains {bound:g}")
-            )
-        )
-    if kind == "less":
-        return (
-            (REPRODUCED, f"interval below {bound:g}")
-            if hi < bound
-            else (
-                (NOT_REPRODUCED, f"interval above {bound:g}")
-                if lo > bound
-                else (INCONCLUSIVE, f"interval contains {bound:g}")
-            )
-        )
+    if kind in ("greater", "less"):
+        above, below = (REPRODUCED, NOT_REPRODUCED) if kind == "greater" else (NOT_REPRODUCED, REPRODUCED)
+        if lo > bound:
+            return above, f"interval above {bound:g}"
+        if hi < bound:
+            return below, f"interval below {bound:g}"
+        return INCONCLUSIVE, f"interval contains {bound:g}"
     a, b = bound
     if a <= lo and hi <= b:
         return REPRODUCED, f"interval inside [{a:g}, {b:g}]"

@@ -52,7 +52,7 @@ def export_inspect_log(eval_dir: str | Path, path: str | Path | None = None) -> 
     files = rundir.EvalDir(eval_dir)
     try:
         summary = json.loads(files.summary.read_text())
-        records = [json.loads(line) for line in files.answers.read_text().splitlines()]
+        records = files.read_answers()
     except (OSError, json.JSONDecodeError) as exc:
         raise EvilSpectraError(f"{eval_dir}: no readable {rundir.SUMMARY} and {rundir.ANSWERS} ({exc})") from None
     systems = _system_prompts(summary.get("questions"))

@@ -516,6 +516,10 @@ class EvalDir:
     def write_summary(self, summary: dict) -> None:
         atomic_write_json(self.summary, summary)
 
+    def read_answers(self) -> list[dict]:
+        """The answer records, one per line (OSError when missing, JSONDecodeError when torn)."""
+        return [json.loads(line) for line in self.answers.read_text(encoding="utf-8").splitlines() if line.strip()]
+
 
 @dataclass(frozen=True)
 class RunDir:

@@ -19,7 +19,6 @@ resample); the answers they disagree on most; and all of it per question.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +39,7 @@ def read_answers(evals: list[tuple[str, EvalDir]]) -> pd.DataFrame:
     for unit, files in evals:
         if not files.answers.is_file():
             raise ConfigError(f"{files.answers}: missing; expected a judged evaluation (run eval or rejudge)")
-        rows = [json.loads(line) for line in files.answers.read_text().splitlines() if line.strip()]
-        frames.append(pd.DataFrame(rows).assign(unit=unit))
+        frames.append(pd.DataFrame(files.read_answers()).assign(unit=unit))
     table = pd.concat(frames, ignore_index=True)
     for col in ("aligned", "coherent"):
         table[col] = pd.to_numeric(table[col]).astype(float)

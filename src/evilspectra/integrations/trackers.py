@@ -147,7 +147,7 @@ def report_eval(report_to: str, eval_dir: Path, run_dir: Path | None, label: str
         config["train_run"] = run_name(run_id, store)  # the tracker run holding this adapter's training
     files = EvalDir(eval_dir)
     summary = json.loads(files.summary.read_text(encoding="utf-8"))
-    answers = [json.loads(line) for line in files.answers.read_text(encoding="utf-8").splitlines() if line]
+    answers = files.read_answers()
     tracker = _open_tracker(report_to, name, store)
     try:
         tracker.store_init_configuration({**config, "eval_dir": str(Path(eval_dir).resolve())})
