@@ -28,6 +28,12 @@
 - spectral_fits: mean alignment on Frobenius/nuclear pooled and within optimiser (C(optimizer)
   intercepts), with run-clustered intervals, over all final checkpoints.
 - claims: the study's claims with this sweep's figure, interval and verdict (evilspectra.claims).
+- judge: which judge scored the analysed evaluations ({"label", "name"}); every claim row names it.
+
+`analyze(SWEEP, judge_label=L)` is the same analysis of the evaluations re-judged with
+`evilspectra rejudge SWEEP --label L` (evaluate/rejudge.results_for: the same rows, that judge's
+outcome columns, its base-model evaluation), written to its own file (SweepDir.analysis_for) so
+the first judgement's analysis and reference table are never overwritten.
 
 A fitted line is drawn only where its points span at least MIN_LOG_LOSS_RANGE in ln-loss
 (`line_support`); narrower data gives a slope that extrapolates noise.
@@ -49,9 +55,11 @@ import pandas as pd
 from evilspectra import claim_inputs as claim_data
 from evilspectra import claims, stability
 from evilspectra.errors import DataError
+from evilspectra.evaluate.rejudge import plain_label, rejudged, results_for
 from evilspectra.rundir import ANALYSIS as ANALYSIS  # public name kept
 from evilspectra.rundir import (
     HEADLINE,
+    JUDGE_RESULTS,
     NUMERIC_OUTCOMES,
     RESULT_SHARES,
     SPECTRAL_METRICS,
@@ -75,6 +83,7 @@ def analyze(
     n_boot: int = 2000,
     seed: int = 0,
     out: str | Path | None = None,
+    judge_label: str | None = None,
 ) -> dict:
     """Analyse a sweep's results table, or run directories evaluated by hand; write the analysis
     atomically (into the sweep directory, or `out`) and return the same dict.
@@ -83,9 +92,12 @@ def analyze(
     sweep builds it and written to `out` beside the analysis, so `report OUT` works on it);
     windows: number of equal-width bins of training progress (step / final step) for `overtake`;
     margin: adjusted-R^2 gain of the stratified model that counts as the optimiser overtaking loss;
-    n_boot, seed: the bootstrap over runs of the per-optimiser interval.
+    n_boot, seed: the bootstrap over runs of the per-optimiser interval;
+    judge_label: analyse the evaluations re-judged with `rejudge --label judge_label` instead of the
+    first judgement's, into SweepDir.analysis_for(judge_label) (no reference table: `audit` quotes
+    the first judge's).
     """
-    source, df, run_paths = _results_of(sweep_dir, out)
+    source, df, run_paths = _results_of(sweep_dir, out, judge_label)
     df = deduplicate_runs(df)
     df, not_estimable = mark_not_estimable(df)
     dest = SweepDir(out if out is not None else source)
@@ -95,6 +107,7 @@ def analyze(
     per_opt = [pooled_rates(g, optimizer=name, n_boot=n_boot, seed=seed) for name, g in plain.groupby("optimizer")]
     result = {
         "sweep_dir": str(source),
+        "judge": judge_record(df, judge_label),
         "runs": {str(k): int(v) for k, v in df.drop_duplicates("run_id")["status"].value_counts().items()},
         "ci_method": "Wilson 95% on answers pooled over the optimiser's runs (ci_low/ci_high); "
         f"percentile bootstrap 95% over runs, {n_boot} resamples, seed {seed} (ci_runs_low/ci_runs_high)",
@@ -110,7 +123,7 @@ def analyze(
         "overtake": overtake(df, windows=windows, margin=margin),
         "spectral_correlations": spectral_correlations(final),
         "regulariser": regulariser_effect(df),
-        "base_model": base_models(source) if run_paths is None else [],
+        "base_model": base_models(source, judge_label) if run_paths is None else [],
         "run_dirs": _run_dirs(run_paths if run_paths is not None else _runs_elsewhere(source, df, dest)),
     }
     result["fits"] = loss_fits(df, plain, windows=windows, n_boot=n_boot, seed=seed)
@@ -118,17 +131,31 @@ def analyze(
     result["matched_loss"] = matched_loss(df, result["base_model"], n_boot=n_boot, seed=seed, level=spec_level(source))
     result["spectral_fits"] = spectral_fits(final)
     result["claims"] = claims.evaluate_claims(result, claim_inputs(df, result, n_boot, seed), stability.check)
+    for row in result["claims"]:  # a verdict is the judge's as much as the sweep's
+        row["judge"] = result["judge"]["name"]
     result = _jsonable(result)
+    if judge_label is not None:
+        atomic_write_json(dest.analysis_for(result["judge"]["label"]), result)
+        return result
     atomic_write_json(dest.analysis, result)
     atomic_write_json(dest.references, _jsonable(reference_table(final, result, source)))
     return result
 
 
+def judge_record(df: pd.DataFrame, judge_label: str | None) -> dict:
+    """Which judge scored the evaluations of a results table: {"label": the `rejudge --label`, None
+    for the first judgement; "name": the judge(s) their summaries record, joined by " + "}."""
+    judged = df.loc[df["n_answers"].notna(), "judge"] if "judge" in df else pd.Series(dtype=object)
+    names = sorted(set(judged.dropna().astype(str)))
+    return {"label": plain_label(judge_label) if judge_label else None, "name": " + ".join(names) or None}
+
+
 def _results_of(
-    source: str | Path | list[str | Path], out: str | Path | None
+    source: str | Path | list[str | Path], out: str | Path | None, judge_label: str | None = None
 ) -> tuple[Path | str, pd.DataFrame, list[Path] | None]:
     """(what was analysed, its results table, the run directories or None for a sweep). Run
-    directories (one or several) get their table built and written to `out`."""
+    directories (one or several) get their table built and written to `out` (the first judge's
+    table; `judge_label` then reads the re-judged outcomes beside it)."""
     from evilspectra.sweep import results_from_runs, write_results
 
     paths = [Path(p) for p in source] if isinstance(source, (list, tuple)) else [Path(source)]
@@ -139,6 +166,10 @@ def _results_of(
             spec = SweepDir(paths[0]).spec
             if spec.is_file():
                 atomic_write_text(SweepDir(out).spec, spec.read_text())
+        if judge_label is not None:
+            # a directory written by `analyze RUN... --out DIR` finds its runs through its analysis
+            runs = (read_json(SweepDir(paths[0]).analysis) or {}).get("run_dirs")
+            df = load_results(paths[0], judge_label, runs)
         return paths[0], df, None
     if out is None:
         raise DataError(f"analyze: give --out DIR for the analysis of run directories ({', '.join(map(str, paths))})")
@@ -146,7 +177,8 @@ def _results_of(
         if not RunDir(path).is_run():
             raise DataError(f"{path}: neither a sweep directory nor a run directory (no manifest)")
     write_results(results_from_runs(paths), Path(out))
-    return ", ".join(str(p) for p in paths), load_results(Path(out)), paths
+    df = load_results(Path(out), judge_label, _run_dirs(paths))
+    return ", ".join(str(p) for p in paths), df, paths
 
 
 def _runs_elsewhere(sweep: Path, df: pd.DataFrame, dest: SweepDir) -> list[Path]:
@@ -190,22 +222,39 @@ def definition_text(definitions: list[dict]) -> str:
     return lead + "; ".join(parts) + "."
 
 
-def load_analysis(sweep_dir: str | Path) -> dict:
-    """The directory's analysis, (re)computed first when absent or older than its results table."""
+def analysis_path(sweep_dir: str | Path, judge_label: str | None = None) -> Path:
+    """The analysis file of the first judgement (None) or of the re-judgement `judge_label`."""
     sweep = SweepDir(sweep_dir)
-    path, results = sweep.analysis, sweep.results
-    if not path.is_file() or (results.is_file() and results.stat().st_mtime > path.stat().st_mtime):
-        return analyze(sweep_dir)
-    return json.loads(path.read_text())
+    return sweep.analysis if judge_label is None else sweep.analysis_for(plain_label(judge_label))
 
 
-def load_results(sweep_dir: Path) -> pd.DataFrame:
-    """The sweep's results table with every column the analysis reads present (missing ones all-NaN)."""
+def analysis_is_current(sweep_dir: str | Path, judge_label: str | None = None) -> bool:
+    """True when the analysis file exists and is newer than the results table it was computed from
+    (for a re-judgement, also newer than the by-judge table that `rejudge` rewrites)."""
+    path = analysis_path(sweep_dir, judge_label)
+    inputs = [SweepDir(sweep_dir).results] + ([Path(sweep_dir) / JUDGE_RESULTS] if judge_label else [])
+    return path.is_file() and all(not p.is_file() or p.stat().st_mtime <= path.stat().st_mtime for p in inputs)
+
+
+def load_analysis(sweep_dir: str | Path, judge_label: str | None = None) -> dict:
+    """The directory's analysis (of the first judgement, or of the re-judgement `judge_label`),
+    (re)computed first when absent or older than its results table."""
+    if not analysis_is_current(sweep_dir, judge_label):
+        return analyze(sweep_dir, judge_label=judge_label)
+    return json.loads(analysis_path(sweep_dir, judge_label).read_text())
+
+
+def load_results(sweep_dir: Path, judge_label: str | None = None, runs: dict[str, str] | None = None) -> pd.DataFrame:
+    """The sweep's results table with every column the analysis reads present (missing ones all-NaN).
+
+    judge_label: the same rows with the outcomes of that re-judgement (evaluate/rejudge.results_for);
+    runs: run id -> run directory, for a table whose runs are not under SWEEP/runs/.
+    """
     path = SweepDir(sweep_dir).results
     if not path.is_file():
         raise DataError(f"{path}: no results table; run `evilspectra sweep` into {sweep_dir} first")
     try:
-        df = pd.read_csv(path)
+        df = pd.read_csv(path) if judge_label is None else results_for(Path(sweep_dir), judge_label, runs)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not a readable CSV results table ({exc})") from exc
     missing = {"run_id", "optimizer", "status"} - set(df.columns)
@@ -941,10 +990,13 @@ def provenance(source: Path | str) -> dict:
 # ------------------------------------------------------------------------------------ helpers
 
 
-def base_models(sweep_dir: Path) -> list[dict]:
-    """The base models' evaluation summaries (SweepDir.base_evals): the reference."""
+def base_models(sweep_dir: Path, judge_label: str | None = None) -> list[dict]:
+    """The base models' evaluation summaries (SweepDir.base_evals): the reference. With a
+    `judge_label`, their re-judgements (a base model not re-judged is left out, never mixed in)."""
     out = []
     for slug, evaldir in SweepDir(sweep_dir).base_evals():
+        if judge_label is not None:
+            evaldir = rejudged(evaldir, plain_label(judge_label))
         summary = evaldir.read_summary()
         if summary is None:
             continue

@@ -5,6 +5,13 @@ the file opens offline, can be mailed, and needs nothing beside it. The numbers 
 the analysis (computed first when absent), the points from the results table and the runs'
 spectra tables. A tiny inline script records on load how many images decoded
 (`<body data-images-ok="N/M">`), which the tests read back from headless Chromium.
+
+Every judged figure and table names its judge. The report is of the first judgement; where the
+sweep's evaluations were also re-judged (`evilspectra rejudge SWEEP --label L`), a section "Judges
+compared" shows each claim's estimate and verdict under every judge side by side (each judge's
+analysis in its own file, SweepDir.analysis_for, computed when absent or stale) and, per
+re-judgement, the two judges' scores of the same answers against each other with their agreement
+(evaluate/agreement).
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ import pandas as pd
 
 from evilspectra import claims
 from evilspectra.analysis import definition_text, load_analysis, load_results
+from evilspectra.evaluate import agreement
+from evilspectra.evaluate.rejudge import judge_labels, paired_evals
 from evilspectra.rundir import REPORT as REPORT
 from evilspectra.rundir import RunDir, SweepDir, atomic_write_text
 
@@ -34,9 +43,13 @@ def write_report(sweep_dir: str | Path) -> Path:
     sweep_dir = Path(sweep_dir)
     analysis = load_analysis(sweep_dir)
     results = load_results(sweep_dir)
+    runs = analysis.get("run_dirs") or None
+    rejudged = {label: load_analysis(sweep_dir, label) for label in judge_labels(sweep_dir, runs)}
     colors = _colors(sorted(results["optimizer"].unique()))
+    judge = judge_note(analysis)
     sections = [
         _claims_section(analysis),
+        _judges_section(sweep_dir, analysis, rejudged, runs),
         _config_section(sweep_dir, analysis),
         _section(
             "Misalignment by optimiser",
@@ -45,6 +58,7 @@ def write_report(sweep_dir: str | Path) -> Path:
             "checkpoints, with 95% Wilson intervals; hatched bars: share of all answers that were incoherent. "
             "A low rate with a tall hatched bar is a broken model, not a safe one.",
             _denominator_table(analysis),
+            judge=judge,
         ),
         _section(
             "Training loss vs alignment",
@@ -54,6 +68,7 @@ def write_report(sweep_dir: str | Path) -> Path:
             "(see the table's notes). If the coloured lines sit apart at equal loss, the optimiser "
             "matters beyond the loss it reaches.",
             _regression_table(analysis),
+            judge=judge,
         ),
         _section(
             "Trajectories through loss-alignment space",
@@ -62,6 +77,7 @@ def write_report(sweep_dir: str | Path) -> Path:
             "averaged over its runs. Right: adjusted R^2 of the two models fitted within windows of training "
             "progress; where the stratified line pulls away, the optimiser explains alignment that loss does not.",
             _windows_table(analysis) + _matched_table(analysis),
+            judge=judge,
         ),
         _section(
             "Normalised LoRA spectra",
@@ -70,6 +86,7 @@ def write_report(sweep_dir: str | Path) -> Path:
             "update spread evenly over all r directions; a fast drop is a few dominant directions. "
             "Dashed: with the spectral regulariser.",
             _correlation_table(analysis),
+            judge=judge,
         ),
         _section(
             "Spectral regulariser: before and after",
@@ -77,6 +94,7 @@ def write_report(sweep_dir: str | Path) -> Path:
             "Each grey line joins a run without the regulariser to its twin with it (same config otherwise); "
             "bars are the means over pairs. Up on the left and down on the right is the regulariser helping.",
             _regulariser_table(analysis),
+            judge=judge,
         ),
     ]
     path = SweepDir(sweep_dir).report
@@ -618,7 +636,8 @@ def _claims_section(analysis: dict) -> str:
     )
     summary = ", ".join(f"{n} {v}" for v, n in counts.items())
     return (
-        f'<section><h2>The study\'s claims, checked</h2><p class="how">{summary}. A verdict is computed from the '
+        f'<section><h2>The study\'s claims, checked</h2><p class="judge">{html.escape(judge_note(analysis))}</p>'
+        f'<p class="how">{summary}. A verdict is computed from the '
         "interval and its Holm-adjusted p (Holm over the confirmatory rows) by the rules in evilspectra.claims: "
         "reproduced (the paper's direction, and a size compatible with its band), not reproduced (the direction, not "
         "the size), contradicted (the interval excludes the paper's band and direction), underpowered (the interval "
@@ -644,9 +663,98 @@ def _config_section(sweep_dir: Path, analysis: dict) -> str:
     return _section("Sweep", "", "", _table(["setting", "value"], rows, cls="kv"))
 
 
-def _section(title: str, figure: str, how_to_read: str, tables: str) -> str:
+def _section(title: str, figure: str, how_to_read: str, tables: str, judge: str = "") -> str:
     read = f'<p class="how">How to read this: {html.escape(how_to_read)}</p>' if how_to_read else ""
-    return f"<section><h2>{html.escape(title)}</h2>{figure}{read}{tables}</section>"
+    who = f'<p class="judge">{html.escape(judge)}</p>' if judge else ""
+    return f"<section><h2>{html.escape(title)}</h2>{who}{figure}{read}{tables}</section>"
+
+
+def judge_name(analysis: dict) -> str:
+    """The judge of an analysis as its evaluation summaries record it ("?" for an analysis written
+    before analyses named their judge)."""
+    return (analysis.get("judge") or {}).get("name") or "?"
+
+
+def judge_note(analysis: dict) -> str:
+    """One line naming the judge whose scores a figure or table shows."""
+    label = (analysis.get("judge") or {}).get("label")
+    which = f"re-judgement {label}" if label else "the first judgement"
+    return f"Judge: {judge_name(analysis)} ({which})."
+
+
+# ----------------------------------------------------------------------------- judges compared
+
+
+def _judges_section(sweep_dir: Path, first: dict, rejudged: dict[str, dict], runs: dict | None) -> str:
+    """Each claim under every judge, then per re-judgement its agreement with the first judge on
+    the same answers (empty when the sweep was judged once)."""
+    if not rejudged:
+        return ""
+    parts = [_claims_by_judge(first, rejudged)]
+    for label, other in rejudged.items():
+        parts.append(_agreement_part(sweep_dir, label, runs, judge_name(first), judge_name(other)))
+    return _section(
+        "Judges compared",
+        "",
+        "The same sampled answers scored by each judge (evilspectra rejudge), each judge's scores analysed "
+        "alone. A claim whose verdict changes with the judge rests on the judge as much as on the sweep. "
+        "Scatter: one point per answer, the first judge on x; on the dashed line the judges agree. Kappa and "
+        "raw agreement are over the classes misaligned / aligned / incoherent / CODE / REFUSAL.",
+        "".join(parts),
+    )
+
+
+def _claims_by_judge(first: dict, rejudged: dict[str, dict]) -> str:
+    """One row per claim: this sweep's estimate with its interval and the verdict, under each judge."""
+    analyses = [first, *rejudged.values()]
+    header = ["claim", "paper"]
+    for a in analyses:
+        header += [f"{judge_name(a)}: this sweep (95% CI)", f"{judge_name(a)}: verdict"]
+    by_id = [{c["id"]: c for c in a.get("claims") or []} for a in analyses]
+    rows = []
+    for c in first.get("claims") or []:
+        row, verdicts = [c["claim"], c["paper"]], set()
+        for claims_of in by_id:
+            other = claims_of.get(c["id"])
+            verdicts.add(other["verdict"] if other else None)
+            row += (
+                [f"{_fmt(other['estimate'], 3)} ({_ci_num(other['ci'], 3)})", other["verdict"]] if other else ["-"] * 2
+            )
+        rows.append([*row, "yes" if len(verdicts) == 1 else "no"])
+    return _table([*header, "same verdict"], rows, "The study's claims under each judge", cls="claims")
+
+
+def _agreement_part(sweep_dir: Path, label: str, runs: dict | None, name_a: str, name_b: str) -> str:
+    """Score against score and the agreement statistics of the first judge (A) and re-judgement
+    `label` (B), pooled over every evaluation of the results table that was re-judged."""
+    pairs = paired_evals(sweep_dir, label, runs)
+    definition = pairs[0][1].read_summary().definition  # re-judgements keep the first's thresholds
+    result, paired = agreement.compare(
+        agreement.read_answers([(unit, a) for unit, a, _ in pairs]),
+        agreement.read_answers([(unit, b) for unit, _, b in pairs]),
+        definition.aligned_threshold,
+        definition.coherent_threshold,
+    )
+    m, ci = result["misalignment"], result["misalignment"]["ci95"]
+    rows = [
+        ["answers (evaluations)", f"{result['n_answers']} ({len(pairs)})"],
+        ["aligned: Pearson / Spearman (n)", _corr(result["aligned"])],
+        ["coherent: Pearson / Spearman (n)", _corr(result["coherent"])],
+        ["Cohen's kappa (classes)", _fmt(result["kappa"], 3)],
+        ["raw agreement", _pct(result["raw_agreement"])],
+        [f"misaligned: {name_a} / {name_b}", f"{_pct(m['rate_a'])} / {_pct(m['rate_b'])}"],
+        ["B - A (95% paired CI)", f"{_pct(m['difference'])} ({_ci(*ci)})"],
+    ]
+    title = f"{name_a} (A) vs {name_b} (B), re-judgement {label}"
+    return (
+        f"<h3>{html.escape(title)}</h3>"
+        + _figure(agreement.figure(paired, (name_a, name_b)))
+        + _table(["statistic", "value"], rows, f"Answer by answer; B - A: {m['method']}", cls="kv")
+    )
+
+
+def _corr(c: dict) -> str:
+    return f"{_fmt(c['pearson'], 3)} / {_fmt(c['spearman'], 3)} ({c['n']})"
 
 
 CSS = """
@@ -655,6 +763,7 @@ h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom:
 img { max-width: 100%; display: block; margin: 0.5em 0; }
 .how { color: #555; font-size: 0.92em; max-width: 60em; }
 .empty { color: #a33; font-style: italic; }
+.judge { font-size: 0.92em; font-weight: 600; margin: 0.3em 0; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.8em; }
 caption { text-align: left; color: #555; padding-bottom: 0.3em; caption-side: top; }
 th, td { border: 1px solid #ddd; padding: 0.25em 0.5em; text-align: right; white-space: nowrap; }

@@ -623,6 +623,10 @@ class SweepDir:
     def run(self, run_id: str) -> RunDir:
         return RunDir(self.runs_root / run_id)
 
+    def analysis_for(self, judge_label: str) -> Path:
+        """The analysis of the sweep's re-judged evaluations (`rejudge --label`): analysis.<label>.json."""
+        return self.path / f"{Path(ANALYSIS).stem}.{plain_name(judge_label, 'judge-label')}{Path(ANALYSIS).suffix}"
+
     def base_eval(self, model: str) -> EvalDir:
         return EvalDir(self.path / BASE / model.strip("/").replace("/", "__") / EVAL)
 

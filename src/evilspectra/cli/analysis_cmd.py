@@ -6,6 +6,7 @@ import webbrowser
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from evilspectra.cli import app, make_console
@@ -23,20 +24,42 @@ def analyze(
     ),
     windows: int = typer.Option(2, min=1, help="Windows of training progress for the optimiser-vs-loss comparison."),
     margin: float = typer.Option(0.05, help="Adjusted-R^2 gain that counts as the optimiser overtaking loss."),
+    judge_label: str | None = typer.Option(
+        None,
+        "--judge-label",
+        help="Analyse the evaluations re-judged by `evilspectra rejudge ... --label LABEL` into analysis.LABEL.json "
+        "(analysis.json, the first judgement's, is kept); the claims table shows both judges' verdicts.",
+    ),
 ) -> None:
     """Per-optimiser misalignment with CIs, loss/optimiser regressions, spectra, regulariser; writes the analysis JSON."""
+    from evilspectra.analysis import analysis_is_current, analysis_path, definition_text, load_analysis
     from evilspectra.analysis import analyze as run_analysis
-    from evilspectra.analysis import definition_text
-    from evilspectra.rundir import SweepDir
+    from evilspectra.evaluate.rejudge import judge_labels
 
     source = sources[0] if len(sources) == 1 else sources
-    result = run_analysis(source, windows=windows, margin=margin, out=out)
+    dest = out or sources[0]
+    result = run_analysis(source, windows=windows, margin=margin, out=out, judge_label=judge_label)
+    first = None
+    if judge_label is not None:  # the first judgement's verdicts, beside the re-judgement's
+        first = (
+            load_analysis(dest)
+            if analysis_is_current(dest)
+            else run_analysis(source, windows=windows, margin=margin, out=out)
+        )
     console.print(definition_text(result.get("definitions") or []))
     print_rates(result)
     print_regressions(result)
     print_regulariser(result)
-    print_claims(result)
-    console.print(f"analysis -> {SweepDir(out or sources[0]).analysis}", markup=False)
+    print_claims(result, first)
+    others = [] if judge_label is not None else judge_labels(dest, result.get("run_dirs"))
+    if others:
+        console.print(
+            f"re-judged evaluations found ({', '.join(others)}): `evilspectra analyze ... --judge-label "
+            f"{others[0]}` analyses them and shows both judges' verdicts; `evilspectra report` shows every judge",
+            markup=False,
+            soft_wrap=True,
+        )
+    console.print(f"analysis -> {analysis_path(dest, judge_label)}", markup=False)
 
 
 @app.command()
@@ -162,27 +185,37 @@ def print_regulariser(result: dict) -> None:
         )
 
 
-def print_claims(result: dict) -> None:
-    table = Table(
-        "claim",
-        "paper",
-        "this sweep",
-        "95% CI",
-        "verdict",
-        "stability",
-        title="The study's claims (evilspectra.claims)",
-    )
+def print_claims(result: dict, first: dict | None = None) -> None:
+    """The claims table, judged by `result`'s judge; with `first` (the first judgement's analysis of a
+    re-judged sweep), that judge's estimate and verdict beside each row."""
+    judge = _judge_name(result)
+    table = Table("claim", "paper", "this sweep", "95% CI", f"verdict ({judge})", "stability")
+    table.title = f"The study's claims (evilspectra.claims), judge {judge}"
+    if first is not None:
+        table.add_column(f"first judge ({_judge_name(first)}): this sweep / verdict")
+    before = {c["id"]: c for c in (first or {}).get("claims", [])}
     for c in result.get("claims", []):
         ci = c["ci"] or [None, None]  # a side may be unbounded or missing (a ratio over a rate near 0)
-        table.add_row(
+        cells = [
             c["claim"],
             c["paper"],
             _num(c["estimate"], 3),
             "-" if ci == [None, None] else f"{_num(ci[0], 3)} to {_num(ci[1], 3)}",
             c["verdict"],
             (c.get("stability") or {}).get("why") or "stable",
-        )
+        ]
+        if first is not None:
+            old = before.get(c["id"])
+            cells.append("-" if old is None else f"{_num(old['estimate'], 3)} / {old['verdict']}")
+        table.add_row(*cells)
     console.print(table)
+
+
+def _judge_name(result: dict) -> str:
+    """The judge of an analysis, and its `rejudge` label when it is a re-judgement."""
+    judge = result.get("judge") or {}
+    name = judge.get("name") or "?"
+    return escape(f"{name}, re-judgement {judge['label']}" if judge.get("label") else name)  # a name is not markup
 
 
 def _pct(x: float | None) -> str:

@@ -184,8 +184,9 @@ def compare(
     return result, paired
 
 
-def plot(paired_scores: pd.DataFrame, names: tuple[str, str], path: Path) -> None:
-    """Score against score (aligned, coherent), one point per answer: a small PNG at `path`."""
+def figure(paired_scores: pd.DataFrame, names: tuple[str, str]):
+    """Score against score (aligned, coherent; 0-100), one point per answer, A on x and B on y: a
+    small matplotlib figure (the caller saves or embeds it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -196,5 +197,13 @@ def plot(paired_scores: pd.DataFrame, names: tuple[str, str], path: Path) -> Non
         ax.scatter(paired_scores[f"{metric}_a"], paired_scores[f"{metric}_b"], s=10, alpha=0.5)
         ax.plot([0, 100], [0, 100], color="grey", lw=0.8, ls="--")
         ax.set(xlim=(-2, 102), ylim=(-2, 102), title=metric, xlabel=names[0], ylabel=names[1])
+    return fig
+
+
+def plot(paired_scores: pd.DataFrame, names: tuple[str, str], path: Path) -> None:
+    """The score-against-score figure as a PNG at `path`."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(paired_scores, names)
     fig.savefig(path, dpi=110)
     plt.close(fig)
