@@ -31,7 +31,7 @@ def test_file_names_are_spelled_only_in_the_artefacts_module():
     assert {"manifest.json", "summary.json", "results.csv", "spectra.csv", "adapter_config.json"} <= set(FILE_NAMES)
     offenders = []
     for path in SRC.rglob("*.py"):
-        if path.name == "rundir.py":
+        if path.relative_to(SRC).parts[0] == "artefacts":  # the package that owns the names
             continue
         text = path.read_text()
         offenders += [f"{path.relative_to(SRC)}: {name}" for name in FILE_NAMES if name in text]
@@ -74,6 +74,146 @@ def test_results_columns_are_declared_apart():
     assert {"error", "status", "misalignment_rate", "aligned_threshold", "stable_rank"} <= set(rundir.OUTCOME_COLUMNS)
     cols = ["run_id", "optimizer", "lr", "opt_betas", "error", "notes", "misalignment_rate"]
     assert rundir.config_columns(cols) == ["run_id", "optimizer", "lr", "opt_betas"]
+
+
+# rundir's public names in the release before the artefacts package (6c82485): all still import
+RUNDIR_NAMES_6C82485 = [
+    "MANIFEST",
+    "METRICS",
+    "CHECKPOINTS",
+    "ADAPTER",
+    "SPECTRA",
+    "SPECTRA_PNG",
+    "EVAL",
+    "ERROR",
+    "AUDIT",
+    "LOCK",
+    "TENSORBOARD",
+    "WANDB",
+    "MLRUNS",
+    "TRACKER_DIRS",
+    "SAMPLES",
+    "SAMPLES_META",
+    "ANSWERS",
+    "SUMMARY",
+    "JUDGE_CACHE",
+    "SWEEP_HISTORY",
+    "SWEEP_SPEC",
+    "RESULTS",
+    "RESULTS_PARQUET",
+    "ANALYSIS",
+    "REPORT",
+    "REFERENCES",
+    "RUNS",
+    "BASE",
+    "AUDIT_MD",
+    "AUDIT_HTML",
+    "AUDIT_JSON",
+    "AUDIT_PNG",
+    "ADAPTER_CONFIG",
+    "ADAPTER_WEIGHTS",
+    "ADAPTER_CARD",
+    "FINAL",
+    "FINISHED",
+    "STEP_DIR",
+    "INSPECT_LOG",
+    "REJUDGE_SEP",
+    "JUDGE_RESULTS",
+    "AGREEMENT_JSON",
+    "AGREEMENT_PNG",
+    "EVAL_FILES",
+    "OUTCOMES",
+    "RESULT_SHARES",
+    "HEADLINE",
+    "SPECTRAL_METRICS",
+    "DiskFullError",
+    "RunLockedError",
+    "DISK_FULL_MESSAGES",
+    "is_disk_full",
+    "disk_full_guard",
+    "file_mode",
+    "atomic_write_text",
+    "atomic_write_file",
+    "atomic_write_json",
+    "replace_dir",
+    "write_dir",
+    "read_json",
+    "dir_lock",
+    "Manifest",
+    "OutcomeCounts",
+    "Definition",
+    "EvalSummary",
+    "ResultConfig",
+    "ResultOutcome",
+    "CONFIG_COLUMNS",
+    "OPT_PREFIX",
+    "OUTCOME_COLUMNS",
+    "NUMERIC_OUTCOMES",
+    "config_columns",
+    "summary_columns",
+    "is_adapter",
+    "resolve_adapter",
+    "adapter_digest",
+    "save_adapter",
+    "plain_name",
+    "EvalDir",
+    "RunDir",
+    "migrate_legacy_eval",
+    "SweepDir",
+    "read_manifest",
+    "run_adapters",
+    "read_metrics",
+    "machine_info",
+    "library_versions",
+]
+RELEASE = Path(__file__).parent / "fixtures" / "release_6c82485"  # written by `sweep toy-quick` at 6c82485
+
+
+def test_rundir_keeps_every_public_name_of_the_last_release():
+    assert [name for name in RUNDIR_NAMES_6C82485 if not hasattr(rundir, name)] == []
+
+
+def test_files_written_by_the_last_release_read_into_their_records(tmp_path):
+    """A manifest, summary and samples fingerprint from 6c82485 validate, keep every key, and
+    write back byte-equal as JSON (the write side dumps exactly what was read)."""
+    run = RunDir(tmp_path / "run")
+    evals = run.eval_dir()
+    evals.path.mkdir(parents=True)
+    for name, dest in (("manifest.json", run.manifest_path), ("summary.json", evals.summary)):
+        dest.write_bytes((RELEASE / name).read_bytes())
+    evals.samples_meta.write_bytes((RELEASE / "samples.meta.json").read_bytes())
+    manifest = run.read_manifest()
+    assert manifest.config.optimizer.name == "lion" and manifest.optimizer.class_ == "Lion"
+    assert manifest.timings.train_seconds > 0 and manifest.processes == 1 and manifest.base_model.given == "toy"
+    assert manifest.model_extra == {}  # every field train writes is declared
+    summary = evals.read_summary()
+    assert summary.definition.convention == "original" and "coherent" in summary.definition.denominator
+    assert summary.model_extra == {} and summary.per_question and summary.conventions["paper"].n_denominator
+    assert evals.read_samples_meta().n > 0
+    run.write_manifest(manifest)
+    evals.write_summary(summary)
+    for name, path in (("manifest.json", run.manifest_path), ("summary.json", evals.summary)):
+        assert json.loads(path.read_text()) == json.loads((RELEASE / name).read_text()), name
+        assert list(json.loads(path.read_text())) == list(json.loads((RELEASE / name).read_text())), name
+    assert rundir.read_manifest(run.path) == json.loads((RELEASE / "manifest.json").read_text())
+
+
+def test_the_shipped_reference_table_reads_into_its_record():
+    from evilspectra.artefacts.records import ReferenceTable
+
+    shipped = Path(rundir.__file__).parent / "references" / "toy-optimisers.json"
+    table = ReferenceTable.model_validate_json(shipped.read_text())
+    assert table.provenance.sweep == "toy-optimisers" and table.lora_r == [32]
+    assert {row.optimizer for row in table.rows} >= {"adam", "muon"} and table.model_extra == {}
+    assert all(row.model_extra == {} for row in table.rows)
+
+
+def test_records_answer_dict_style_reads_for_unmoved_readers(tmp_path):
+    manifest = rundir.Manifest.model_validate(json.loads((RELEASE / "manifest.json").read_text()))
+    assert manifest["optimizer"]["class"] == "Lion" and manifest.get("nothing", 1) == 1
+    assert "timings" in manifest and "nothing" not in manifest
+    with pytest.raises(KeyError):
+        manifest["nothing"]
 
 
 # ------------------------------------------------------------------------------------- layout

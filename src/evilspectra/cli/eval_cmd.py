@@ -63,7 +63,7 @@ def eval_command(
         manifest = run.read_manifest()
         if manifest is None:
             raise ConfigError(f"{run.manifest_path}: missing or unreadable; is {run_dir} a run directory?")
-        model = model or manifest.config.get("model")
+        model = model or (manifest.config.model if manifest.config else None)
         adapter = adapter or run_dir
         migrate_legacy_eval(run)
         out = out or run.eval_dir(label).path
@@ -98,7 +98,7 @@ def eval_command(
         missing_judge=f"eval: give --judge openai:MODEL (no judge is registered as the default for {model!r})",
     )
     if run_dir is not None:  # prompts rendered as in training
-        settings = settings.with_trained_template(manifest.config.get("chat_template_kwargs"))
+        settings = settings.with_trained_template(manifest.config.chat_template_kwargs if manifest.config else None)
 
     counts = plan(settings)
     console.print(
