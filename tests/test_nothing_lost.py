@@ -39,12 +39,13 @@ def cli(*args: str, cwd: Path | None = None, timeout: float = 300, umask: int = 
     )
 
 
-def snapshot(root: Path) -> dict[str, str]:
-    """relative path -> sha256 of every file under root (the lock's pid aside)."""
+def snapshot(root: Path, lock: bool = False) -> dict[str, str]:
+    """relative path -> sha256 of every file under root; the lock (which holds the pid of the last
+    writer) only with `lock`, for commands that must not even lock the run."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != ".lock"
+        if p.is_file() and (lock or p.name != ".lock")
     }
 
 
@@ -89,18 +90,21 @@ def test_files_follow_the_umask(done_run):
     ],
     ids=["model", "lora-target", "optimizer-hyperparameter", "optimizer-name", "prompt-too-long", "dataset"],
 )
-def test_a_rejected_train_never_touches_a_finished_run(done_run, flags, needle):
-    before = snapshot(done_run)
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_rejected_train_never_touches_a_finished_run(done_run, flags, needle, processes):
+    # with --num-processes 2 the launcher checks before it creates or locks the run (evilspectra.launch)
+    before = snapshot(done_run, lock=True)
     assert RunDir(done_run).read_manifest().status == "done" and len(before) >= 8
-    one_error_line(cli("train", "--out", done_run, *TRAIN, *flags), needle)
-    assert snapshot(done_run) == before
+    one_error_line(cli("train", "--out", done_run, *TRAIN, *flags, "--num-processes", processes), needle)
+    assert snapshot(done_run, lock=True) == before
 
 
+@pytest.mark.parametrize("processes", [1, 2])
 @pytest.mark.parametrize(
     "flags", [["--optimizer", "no_such_optimizer"], ["--dataset", "/no/such/data.jsonl"], ["--model", "/no/model"]]
 )
-def test_a_rejected_train_creates_no_run_folder(tmp_path, flags):
-    one_error_line(cli("train", "--out", tmp_path / "new" / "run", *TRAIN, *flags))
+def test_a_rejected_train_creates_no_run_folder(tmp_path, flags, processes):
+    one_error_line(cli("train", "--out", tmp_path / "new" / "run", *TRAIN, *flags, "--num-processes", processes))
     assert not (tmp_path / "new").exists()
 
 

@@ -20,6 +20,7 @@ import yaml
 from evilspectra.config import RunConfig
 from evilspectra.errors import ConfigError
 from evilspectra.rundir import RunDir, read_manifest
+from evilspectra.train import check_run
 
 LAUNCHER_HOLDS_LOCK = "EVILSPECTRA_LAUNCHER_HOLDS_LOCK"  # set for the ranks of launch_train
 
@@ -47,11 +48,14 @@ def launch_train(
 ) -> None:
     """Train `cfg` into `out` on `num_processes` processes; returns when all ranks have exited.
 
-    A failing rank leaves `failed` in the run manifest (evilspectra.train); a launch that dies
-    before any rank could record it raises RuntimeError.
+    Everything that can reject `cfg` is checked here first (evilspectra.train.check_run), as `train`
+    does in one process: a rejected launch creates no folder and leaves a finished run in `out`
+    byte-identical. A failing rank leaves `failed` in the run manifest (evilspectra.train); a launch
+    that dies before any rank could record it raises RuntimeError.
     """
     if accelerate_config is not None and not Path(accelerate_config).is_file():
         raise ConfigError(f"{accelerate_config}: accelerate config file not found (see configs/accelerate/)")
+    check_run(cfg, report_to)  # before `out` or its lock exists: the ranks would fail only after both
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="evilspectra-launch-") as tmp:

@@ -34,7 +34,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 from torch.distributed.tensor import DTensor
-from transformers import get_scheduler
+from transformers import AutoConfig, AutoModelForCausalLM, get_scheduler
 
 from evilspectra.chat_template import resolve_kwargs
 from evilspectra.config import RunConfig
@@ -136,9 +136,7 @@ def train(cfg: RunConfig, out: Path, progress: ProgressFn | None = None, report_
     out = Path(out)
     # Everything that can reject the config is checked before any file of `out` is touched, so a
     # rejected command never resets a finished run: first what needs no model (cheap), then the model.
-    trackers.check_tracker(report_to)
-    check_optimizer(cfg.optimizer)
-    data = load_dataset_spec(cfg.dataset, seed=cfg.seed)
+    data = check_config(cfg, report_to)
     accelerator = Accelerator(**trackers.accelerator_kwargs(report_to, out))
     setup = _setup(cfg, data, accelerator)
     # a second train/eval of this run refuses while this one lives; rank 0 holds the lock for all ranks
@@ -146,6 +144,34 @@ def train(cfg: RunConfig, out: Path, progress: ProgressFn | None = None, report_
     owner = os.environ.get("RANK", "0") == "0" and not os.environ.get("EVILSPECTRA_LAUNCHER_HOLDS_LOCK")
     with RunDir(out).lock() if owner else nullcontext():
         return _train(cfg, setup, out, accelerator, progress, report_to)
+
+
+def check_config(cfg: RunConfig, report_to: str = "none") -> ChatDataset:
+    """Reject `cfg` on what needs no model: the tracker, the optimiser's name and hyperparameters, the
+    dataset (ConfigError / DataError naming the field or file). Writes nothing; returns the dataset."""
+    trackers.check_tracker(report_to)
+    check_optimizer(cfg.optimizer)
+    return load_dataset_spec(cfg.dataset, seed=cfg.seed)
+
+
+def check_run(cfg: RunConfig, report_to: str = "none") -> None:
+    """Everything `train` would reject `cfg` for, without loading the model's weights: check_config, then
+    the model (its tokenizer and config load), the data fit (every row keeps an assistant token within
+    max_length) and the LoRA targets, found on the model built on the meta device (no memory, no
+    weights read). Writes nothing. The launcher of several processes calls it before it creates or
+    locks the run directory (evilspectra.launch); `train` itself checks the same on the real model."""
+    data = check_config(cfg, report_to)
+    tok = load_tokenizer(cfg.model)
+    template_kwargs = resolve_kwargs(tok, cfg.chat_template_kwargs)
+    encode_dataset_cached(tok, data, cfg.system_prompt, cfg.train.max_length, template_kwargs)
+    path = resolve_model(cfg.model)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model: cannot load the config of {cfg.model!r}: {exc}") from exc
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(config)
+    attach_lora(base, cfg.lora, lora_targets(base, cfg.lora))
 
 
 @dataclass
