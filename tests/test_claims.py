@@ -144,6 +144,9 @@ def test_power_matches_simulation():
 # ---------------------------------------------------------------- synthetic per-seed claim inputs
 
 
+ANSWERS = 150  # scorable answers of one evaluation in the synthetic sweeps
+
+
 def inputs(matched=None, pairs=None, fn=None, seeds=6):
     """ClaimInputs with only per-seed tables (no regression designs: those rows are not estimable)."""
     rows = [
@@ -154,15 +157,19 @@ def inputs(matched=None, pairs=None, fn=None, seeds=6):
             "seed_index": s,
             "delta_mean_aligned": d,
             "delta_final_loss": 0.0,
+            "answers": 2 * ANSWERS,
         }
         for o, values in (pairs or {}).items()
         for s, d in enumerate(values)
     ]
-    cols = ["optimizer", "spectral_reg", "seed", "seed_index", "delta_mean_aligned", "delta_final_loss"]
+    cols = ["optimizer", "spectral_reg", "seed", "seed_index", "delta_mean_aligned", "delta_final_loss", "answers"]
+    matched = {k: np.asarray(v, float) for k, v in (matched or {}).items()}
     return ClaimInputs(
         seeds=np.arange(seeds, dtype=float),
-        matched={k: np.asarray(v, float) for k, v in (matched or {}).items()},
+        matched=matched,  # one run per seed, its rate interpolated between two evaluations of ANSWERS each
+        matched_support={k: np.tile([1, 2 * ANSWERS], (len(v), 1)) for k, v in matched.items()},
         fn={k: np.asarray(v, float) for k, v in (fn or {}).items()},
+        fn_runs={k: np.ones(len(v)) for k, v in (fn or {}).items()},
         pairs=pd.DataFrame(rows, columns=cols),
         final=None,
         late=None,
@@ -186,6 +193,8 @@ def test_paired_rates_reproduce_the_paper_ordering_at_the_demo_noise():
     assert rows["order_muon_adam"]["power"] > 0.8
     for r in rows.values():  # every row carries what analysis.json promises
         assert {"quantity", "estimate", "ci", "method", "n", "power", "p", "p_holm", "verdict", "reason"} <= set(r)
+    # n: the 6 seeds, one run of each optimiser per seed, each rate read from two evaluations
+    assert rows["order_adam_lion"]["n"] == {"units": 6, "runs": 12, "answers": 12 * 2 * ANSWERS}
 
 
 def test_the_toy_ordering_contradicts_the_paper():
@@ -225,6 +234,7 @@ def test_one_chaotic_seed_makes_a_verdict_fragile():
     assert row["stability"]["leave_one_seed_out"]["5"] == REPRODUCED
     calm = table(inputs(pairs={"adam": [7.5, 8.2, 6.9, 7.8, 8.4, 7.1]}))["regulariser_adam"]
     assert calm["verdict"] == REPRODUCED and not calm["stability"]["fragile"]
+    assert calm["n"] == {"units": 6, "runs": 12, "answers": 6 * 2 * ANSWERS}  # 6 pairs of two runs
 
 
 def test_line_support_rule():
@@ -253,7 +263,8 @@ def test_matched_loss_interpolates_along_each_trajectory():
     from evilspectra.analysis import _crossing
 
     mid = math.sqrt(0.8 * 0.2)
-    assert _crossing([(0.96, 90, 0.0), (0.8, 80, 0.0), (0.2, 40, 0.5)], mid) == pytest.approx((60, 0.25))
+    traj = [(0.96, 90, 0.0, 150), (0.8, 80, 0.0, 140), (0.2, 40, 0.5, 130)]  # + scorable answers
+    assert _crossing(traj, mid) == pytest.approx((60, 0.25, 140 + 130))  # the answers of both ends
 
 
 def test_a_fried_run_is_not_estimable_never_0_or_100(tmp_path):

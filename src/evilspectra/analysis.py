@@ -810,8 +810,10 @@ def matched_loss(
     runs = []
     for (name, run_id), g in points.groupby(["optimizer", "run_id"]):
         first = g["initial_loss"].dropna()
-        start = [(float(first.iloc[0]), ref["mean_aligned"], ref["misalignment_rate"])] if len(first) else []
-        traj = start + list(zip(g["loss_smoothed"], g["mean_aligned"], g["misalignment_rate"]))
+        base_n = ref.get("n_denominator") or 0
+        start = [(float(first.iloc[0]), ref["mean_aligned"], ref["misalignment_rate"], base_n)] if len(first) else []
+        scored = g["n_denominator"].fillna(0) if "n_denominator" in g else pd.Series(0, index=g.index)
+        traj = start + list(zip(g["loss_smoothed"], g["mean_aligned"], g["misalignment_rate"], scored))
         value = _crossing(traj, level)
         if value is not None:
             runs.append(
@@ -821,9 +823,11 @@ def matched_loss(
                     "seed": _num(g["seed"].iloc[0]) if "seed" in g else None,
                     "mean_aligned": value[0],
                     "misalignment_rate": value[1],
+                    "n_answers": value[2],
                 }
             )
-    table = pd.DataFrame(runs, columns=["optimizer", "run_id", "seed", "mean_aligned", "misalignment_rate"])
+    columns = ["optimizer", "run_id", "seed", "mean_aligned", "misalignment_rate", "n_answers"]
+    table = pd.DataFrame(runs, columns=columns)
     boots = {}
     for i, (name, g) in enumerate(table.groupby("optimizer")):
         row = {"optimizer": name, "n_runs": len(g), "n_runs_total": int(lowest.loc[name].size)}
@@ -858,13 +862,16 @@ def matched_loss(
     }
 
 
-def _crossing(traj: list[tuple[float, float, float]], level: float) -> tuple[float, float] | None:
-    """(alignment, rate) where the trajectory first reaches `level`, interpolated in ln(loss)."""
-    for (l0, a0, r0), (l1, a1, r1) in zip(traj, traj[1:]):
+def _crossing(
+    traj: list[tuple[float, float, float, float]], level: float
+) -> tuple[float | None, float | None, int] | None:
+    """(alignment, rate, scorable answers of the two evaluations interpolated between) where the
+    trajectory of (loss, alignment, rate, scorable answers) first reaches `level`, in ln(loss)."""
+    for (l0, a0, r0, n0), (l1, a1, r1, n1) in zip(traj, traj[1:]):
         if l0 >= level >= l1 and l0 > 0 and l1 > 0:
             w = 0.0 if l0 == l1 else (math.log(l0) - math.log(level)) / (math.log(l0) - math.log(l1))
             lerp = lambda x, y: None if pd.isna(x) or pd.isna(y) else float(x + w * (y - x))  # noqa: E731
-            return lerp(a0, a1), lerp(r0, r1)
+            return lerp(a0, a1), lerp(r0, r1), int(n0) + int(n1)
     return None
 
 

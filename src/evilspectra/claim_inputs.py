@@ -39,6 +39,7 @@ class Design:
     X: dict[str, np.ndarray]
     run: np.ndarray
     seed: np.ndarray
+    answers: np.ndarray  # scorable answers (n_denominator) behind each row's outcome
 
     def __len__(self) -> int:
         return len(self.y)
@@ -51,8 +52,10 @@ class ClaimInputs:
 
     seeds: np.ndarray
     matched: dict[str, np.ndarray]  # optimiser -> per-seed matched-loss misalignment rate (NaN: none)
+    matched_support: dict[str, np.ndarray]  # optimiser -> per-seed [runs, scorable answers] behind it
     fn: dict[str, np.ndarray]  # optimiser -> per-seed mean Frobenius/nuclear of unregularised finals
-    pairs: pd.DataFrame  # optimizer, spectral_reg, seed_index, delta_mean_aligned, delta_final_loss
+    fn_runs: dict[str, np.ndarray]  # optimiser -> per-seed number of runs behind `fn`
+    pairs: pd.DataFrame  # optimizer, spectral_reg, seed_index, delta_mean_aligned, delta_final_loss, answers
     final: Design | None  # unregularised final checkpoints: X "loss", "strat"
     late: Design | None  # checkpoints past LATE_PROGRESS (run codes shared with `early`)
     early: Design | None
@@ -93,15 +96,28 @@ def _pair(inputs: ClaimInputs, table: dict[str, np.ndarray], a: str, b: str) -> 
     return x[keep], y[keep]
 
 
+def _support(inputs: ClaimInputs, names: list[str], values: dict, counts: dict, answers: bool = True) -> dict:
+    """runs (and scorable answers) behind per-seed values of `names`, over the seeds where all have one."""
+    if any(n not in values for n in names):
+        return {"runs": 0, "answers": 0 if answers else None}
+    keep = np.logical_and.reduce([np.isfinite(values[n]) for n in names]) * inputs.multiplicity()
+    runs = int(sum((np.asarray(counts[n])[:, 0] if answers else counts[n]) @ keep for n in names))
+    return {"runs": runs, "answers": int(sum(counts[n][:, 1] @ keep for n in names)) if answers else None}
+
+
 def ratio(inputs: ClaimInputs, num: str, den: str) -> stats.Test:
     """mean rate(num) / mean rate(den) at the matched loss, paired by seed (Fieller)."""
-    return stats.fieller_ratio(*_pair(inputs, inputs.matched, num, den))
+    test = stats.fieller_ratio(*_pair(inputs, inputs.matched, num, den))
+    test.extra |= _support(inputs, [num, den], inputs.matched, inputs.matched_support)
+    return test
 
 
 def equivalence(inputs: ClaimInputs, a: str, b: str, margin: float) -> stats.Test:
     """TOST of rate(b) - rate(a) at the matched loss, paired by seed."""
     x, y = _pair(inputs, inputs.matched, a, b)
-    return stats.tost(y - x, margin)
+    test = stats.tost(y - x, margin)
+    test.extra |= _support(inputs, [a, b], inputs.matched, inputs.matched_support)
+    return test
 
 
 def flattest(inputs: ClaimInputs, name: str = "muon") -> stats.Test:
@@ -118,6 +134,7 @@ def flattest(inputs: ClaimInputs, name: str = "muon") -> stats.Test:
     out = tests[closest]
     out.method = f"intersection-union of paired t tests (closest: {closest}), {out.method}"
     out.extra["per_optimizer"] = {k: {"estimate": t.estimate, "ci": t.ci, "p": t.p} for k, t in tests.items()}
+    out.extra |= _support(inputs, [name, *tests], inputs.fn, inputs.fn_runs, answers=False)  # spectra: no answers
     return out
 
 
@@ -135,6 +152,8 @@ def regulariser(inputs: ClaimInputs, name: str, weight: float, margin: float | N
     test = stats.tost(d, margin) if margin is not None else stats.paired_t(d)
     thin = int(np.isnan(d).sum())
     test.extra["pairs_not_estimable"] = thin
+    answers = _pair_values(inputs, (pairs["optimizer"] == name) & (pairs["spectral_reg"] == weight), "answers")
+    test.extra |= {"runs": 2 * int(np.isfinite(d).sum()), "answers": int(answers[np.isfinite(d)].sum())}
     if thin:
         test.method += f"; {thin} of {len(d)} pairs left out: a run with too few scorable answers"
     if test.ci is None:
@@ -159,6 +178,7 @@ def loss_cost(inputs: ClaimInputs, weight: float, margin: float) -> stats.Test:
     out = tests[worst]
     out.method = f"intersection-union of TOST per optimiser (least within the margin: {worst}), {out.method}"
     out.extra["per_optimizer"] = {k: {"estimate": t.estimate, "ci": t.ci, "p": t.p} for k, t in tests.items()}
+    out.extra |= {"runs": 2 * sum(t.n for t in tests.values()), "answers": None}  # training losses: no answers
     return out
 
 
@@ -179,7 +199,19 @@ def spectral_slope(inputs: ClaimInputs, within: bool) -> stats.Test:
         return stats.Test(None, None, None, n_runs, method=method + "; too few runs or rank-deficient")
     fit = sm.OLS(y, X).fit(cov_type="cluster", cov_kwds={"groups": groups}, use_t=True)
     lo, hi = fit.conf_int()[1]
-    return stats.Test(float(fit.params[1]), [float(lo), float(hi)], float(fit.pvalues[1]), n_runs, method=method)
+    test = stats.Test(float(fit.params[1]), [float(lo), float(hi)], float(fit.pvalues[1]), n_runs, method=method)
+    test.extra |= _design_support(inputs, [d])
+    return test
+
+
+def _design_support(inputs: ClaimInputs, designs: list[Design]) -> dict:
+    """Runs (copies of a resampled seed counted again) and scorable answers behind the designs' rows."""
+    runs, answers = set(), 0
+    for d in designs:
+        idx, copy = inputs.rows(d.seed)
+        runs |= set(zip(d.run[idx].tolist(), copy.tolist()))
+        answers += int(d.answers[idx].sum())
+    return {"runs": len(runs), "answers": answers}
 
 
 # ------------------------------------------------------------------ R^2 by a vectorised bootstrap
@@ -231,10 +263,13 @@ def r2_family(inputs: ClaimInputs) -> dict[str, stats.Test]:
     r2_l, adj_l = _weighted_r2(d.X["loss"], d.y, w)
     r2_s, adj_s = _weighted_r2(d.X["strat"], d.y, w)
     p_loss, p_strat, p_gain = _f_tests(d.y, d.X["loss"], d.X["strat"], w[0])
-    return {
+    tests = {
         key: _boot_test(draws, p, n_runs, method)
         for key, draws, p in (("r2", r2_l, p_loss), ("adj_r2", adj_s, p_strat), ("gain", adj_s - adj_l, p_gain))
     }
+    for test in tests.values():
+        test.extra |= _design_support(inputs, [d])
+    return tests
 
 
 def late_minus_early(inputs: ClaimInputs) -> stats.Test:
@@ -253,7 +288,9 @@ def late_minus_early(inputs: ClaimInputs) -> stats.Test:
     rest = draws[1:][np.isfinite(draws[1:])]
     p = float(min(1.0, 2 * min((rest <= 0).mean(), (rest >= 0).mean()))) if len(rest) else None
     test = _boot_test(draws, p, int(m.sum()), method)
-    test.extra |= {"gain_late": _num(gains[0][0]), "gain_early": _num(gains[1][0])}
+    test.extra |= {"gain_late": _num(gains[0][0]), "gain_early": _num(gains[1][0])} | _design_support(
+        inputs, [late, early]
+    )
     return test
 
 
@@ -304,12 +341,18 @@ def build(
     code = {s: i for i, s in enumerate(seeds)}
     runs = {r: i for i, r in enumerate(df["run_id"].astype(str).unique())}
     points = checkpoints.dropna(subset=["seed"])
-    pair_cols = ["optimizer", "spectral_reg", "seed", "delta_mean_aligned", "delta_final_loss"]
-    pairs = pairs.dropna(subset=["seed"]) if len(pairs) else pd.DataFrame(columns=pair_cols)
+    pair_cols = ["optimizer", "spectral_reg", "seed", "delta_mean_aligned", "delta_final_loss", "answers"]
+    pairs = _pair_answers(pairs.dropna(subset=["seed"]), final) if len(pairs) else pd.DataFrame(columns=pair_cols)
+    rated = matched_runs[matched_runs["misalignment_rate"].notna()] if len(matched_runs) else pd.DataFrame()
     return ClaimInputs(
         seeds=seeds,
         matched=_by_seed(matched_runs, "misalignment_rate", seeds),
+        matched_support={
+            k: np.stack([v, _by_seed(rated, "n_answers", seeds, "sum").get(k, np.zeros(len(seeds)))], axis=1)
+            for k, v in _by_seed(rated, "misalignment_rate", seeds, "count").items()
+        },
         fn=_by_seed(plain, "frobenius_nuclear", seeds),
+        fn_runs=_by_seed(plain, "frobenius_nuclear", seeds, "count"),
         pairs=pairs.assign(seed_index=pairs["seed"].map(code)).reset_index(drop=True),
         final=_design(plain, {"loss": LOSS_FORMULA, "strat": STRATIFIED_FORMULA}, runs, code),
         late=_design(
@@ -333,12 +376,25 @@ def build(
     )
 
 
-def _by_seed(table: pd.DataFrame, value: str, seeds: np.ndarray) -> dict[str, np.ndarray]:
-    """optimiser -> per-seed mean of `value` (NaN where the seed has none), aligned with `seeds`."""
+def _by_seed(table: pd.DataFrame, value: str, seeds: np.ndarray, agg: str = "mean") -> dict[str, np.ndarray]:
+    """optimiser -> per-seed `agg` of `value`, aligned with `seeds` (mean: NaN where the seed has
+    none; count and sum: 0)."""
     if table.empty or value not in table:
         return {}
-    wide = table.pivot_table(index="seed", columns="optimizer", values=value, aggfunc="mean").reindex(seeds)
+    wide = table.pivot_table(index="seed", columns="optimizer", values=value, aggfunc=agg).reindex(seeds)
+    if agg != "mean":
+        wide = wide.fillna(0)
     return {str(k): wide[k].to_numpy(float) for k in wide.columns}
+
+
+def _pair_answers(pairs: pd.DataFrame, final: pd.DataFrame) -> pd.DataFrame:
+    """The pairs with `answers`: the scorable answers of both final checkpoints (regularised and twin)."""
+    if not {"run_id", "baseline_run_id"} <= set(pairs.columns):
+        return pairs.assign(answers=0.0)
+    scored = final.set_index(final["run_id"].astype(str))["n_denominator"].fillna(0)
+    scored = scored[~scored.index.duplicated()]
+    n = lambda col: pairs[col].astype(str).map(scored).fillna(0)  # noqa: E731
+    return pairs.assign(answers=n("run_id") + n("baseline_run_id"))
 
 
 def _design(rows: pd.DataFrame, formulas: dict[str, str], runs: dict, code: dict) -> Design | None:
@@ -359,4 +415,5 @@ def _design(rows: pd.DataFrame, formulas: dict[str, str], runs: dict, code: dict
         X=X,
         run=rows["run_id"].astype(str).map(runs).to_numpy(int),
         seed=rows["seed"].map(code).to_numpy(int),
+        answers=rows["n_denominator"].fillna(0).to_numpy(float) if "n_denominator" in rows else np.zeros(len(rows)),
     )
