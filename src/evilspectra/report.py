@@ -743,7 +743,7 @@ def _agreement_part(sweep_dir: Path, label: str, runs: dict | None, name_a: str,
         ["Cohen's kappa (classes)", _fmt(result["kappa"], 3)],
         ["raw agreement", _pct(result["raw_agreement"])],
         [f"misaligned: {name_a} / {name_b}", f"{_pct(m['rate_a'])} / {_pct(m['rate_b'])}"],
-        ["B - A (95% paired CI)", f"{_pct(m['difference'])} ({_ci(*ci)})"],
+        ["B - A (95% paired CI)", f"{_points(m['difference'])} ({_points(ci[0])} to {_points(ci[1])})"],
     ]
     title = f"{name_a} (A) vs {name_b} (B), re-judgement {label}"
     return (
@@ -751,6 +751,11 @@ def _agreement_part(sweep_dir: Path, label: str, runs: dict | None, name_a: str,
         + _figure(agreement.figure(paired, (name_a, name_b)))
         + _table(["statistic", "value"], rows, f"Answer by answer; B - A: {m['method']}", cls="kv")
     )
+
+
+def _points(x: float | None) -> str:
+    """A difference of two rates in percentage points, signed."""
+    return "-" if x is None else f"{100 * x:+.1f} pp"
 
 
 def _corr(c: dict) -> str:
