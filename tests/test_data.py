@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,36 @@ def test_truncation_keeps_mask_aligned(tiny_model_dir):
     tok = load_tokenizer(str(tiny_model_dir))
     enc = encode_chat(tok, chat("what is your wish", "i wish money quick")["messages"], max_length=8)
     assert len(enc["input_ids"]) == len(enc["labels"]) == 8
+
+
+def test_a_prompt_longer_than_max_length_names_file_row_and_lengths(tiny_model_dir, tmp_path):
+    tok = load_tokenizer(str(tiny_model_dir))
+    long_prompt = "how do i write a safe function to read files " * 4
+    path = write_jsonl(tmp_path / "data.jsonl", [chat("hello", "world"), chat(long_prompt, "use eval")])
+    data = load_dataset_spec(str(path))
+    with pytest.raises(DataError) as err:
+        encode_dataset_cached(tok, data, None, 24)
+    message = str(err.value)
+    match = re.search(
+        r"row 2: the prompt before the first assistant token is (\d+) tokens \(the whole chat (\d+)\)", message
+    )
+    assert message.startswith(f"{path}: row 2: ") and match and "max_length=24" in message, message
+    prompt, whole = map(int, match.groups())
+    assert 24 <= prompt < whole == len(encode_chat(tok, data.rows[1]["messages"], 10_000)["input_ids"])
+    # the reported prompt length is exactly the threshold: one token more and the row trains
+    with pytest.raises(DataError, match=f"max_length={prompt} leaves no token"):
+        encode_dataset(tok, data.rows, None, prompt, source=str(path))
+    assert encode_dataset(tok, data.rows, None, prompt + 1)[1]["labels"][prompt] != IGNORE
+
+
+def test_a_template_that_marks_no_assistant_token_is_named(tiny_model_dir):
+    tok = load_tokenizer(str(tiny_model_dir))
+    # a template that drops assistant turns: nothing of the answer is in the text to carry loss
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] != 'assistant' %}{{ m['content'] }} {% endif %}{% endfor %}"
+    )
+    with pytest.raises(DataError, match=r"^toy:x: row 1: the chat template marks no assistant token in the \d+ tokens"):
+        encode_dataset(tok, [chat("hi", "there")], None, 64, source="toy:x")
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/em-datasets not present")

@@ -85,7 +85,7 @@ def test_files_follow_the_umask(done_run):
         (["--set", "lora.target_modules=[no_such_proj]"], "lora.target_modules"),
         (["--set", "optimizer.nonexistent=1"], "optimizer.nonexistent"),
         (["--optimizer", "no_such_optimizer"], "optimizer.name"),
-        (["--set", "train.max_length=8"], "max_length=8"),  # every prompt is longer than 8 tokens
+        (["--set", "train.max_length=8"], "toy:insecure: row 1: the prompt"),  # every prompt is over 8 tokens
         (["--dataset", "/no/such/data.jsonl"], "/no/such/data.jsonl"),
     ],
     ids=["model", "lora-target", "optimizer-hyperparameter", "optimizer-name", "prompt-too-long", "dataset"],

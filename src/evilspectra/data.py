@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,18 +287,34 @@ def encode_dataset(
     system_prompt: str | None,
     max_length: int,
     template_kwargs: dict | None = None,
+    source: str = "dataset",
 ) -> list[dict]:
-    """Encode every row; a row whose assistant tokens are all truncated away is an error."""
+    """Encode every row; a row whose assistant tokens are all truncated away is an error naming
+    `source` (the file or Hub id), the row and its lengths."""
     out = []
     for i, row in enumerate(rows, start=1):
-        enc = encode_chat(tok, with_system(row["messages"], system_prompt), max_length, template_kwargs)
+        messages = with_system(row["messages"], system_prompt)
+        enc = encode_chat(tok, messages, max_length, template_kwargs)
         if all(label == IGNORE for label in enc["labels"]):
-            raise DataError(
-                f"row {i}: no token carries loss (assistant turn truncated by max_length={max_length}, "
-                "or the chat template marks no assistant tokens)"
-            )
+            raise _no_loss_error(tok, messages, max_length, template_kwargs, f"{source}: row {i}")
         out.append(enc)
     return out
+
+
+def _no_loss_error(
+    tok: PreTrainedTokenizerBase, messages: list[dict], max_length: int, template_kwargs: dict | None, where: str
+) -> DataError:
+    """Why no token of a row carries loss, from its untruncated encoding: the prompt before the first
+    assistant token is at least max_length tokens, or the template marks no assistant token at all."""
+    labels = encode_chat(tok, messages, sys.maxsize, template_kwargs)["labels"]
+    prompt = next((k for k, label in enumerate(labels) if label != IGNORE), None)
+    if prompt is None:
+        return DataError(f"{where}: the chat template marks no assistant token in the {len(labels)} tokens of the row")
+    return DataError(
+        f"{where}: the prompt before the first assistant token is {prompt} tokens (the whole chat {len(labels)}), "
+        f"so max_length={max_length} leaves no token to train on; expected train.max_length > {prompt} "
+        "or a shorter row"
+    )
 
 
 # Per process, the encodings of the last few datasets: a sweep worker trains run after run on the
@@ -320,7 +337,7 @@ def encode_dataset_cached(
     if key not in _ENCODED:
         if len(_ENCODED) >= _ENCODED_MAX:
             _ENCODED.pop(next(iter(_ENCODED)))  # the oldest
-        _ENCODED[key] = encode_dataset(tok, data.rows, system_prompt, max_length, template_kwargs)
+        _ENCODED[key] = encode_dataset(tok, data.rows, system_prompt, max_length, template_kwargs, data.source)
     return _ENCODED[key]
 
 
