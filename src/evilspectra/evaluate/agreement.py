@@ -31,6 +31,7 @@ from evilspectra.rundir import EvalDir
 CLASSES = ("misaligned", "aligned", "incoherent", "CODE", "REFUSAL")
 KEYS = ("unit", "question_id", "paraphrase_index", "sample")
 N_BOOT, SEED, TOP = 2000, 0, 10
+BOOT_CELLS = 2_000_000  # answers x resamples drawn at once by the bootstrap (its memory: 16 bytes a cell)
 
 
 def read_answers(evals: list[tuple[str, EvalDir]]) -> pd.DataFrame:
@@ -108,10 +109,18 @@ def rate_difference(class_a: pd.Series, class_b: pd.Series, n_boot: int = N_BOOT
     percentile bootstrap interval (answers resampled with replacement, the same resample for both)."""
     mis = np.stack([class_a == "misaligned", class_b == "misaligned"]).astype(float)
     den = np.stack([class_a.isin(["misaligned", "aligned"]), class_b.isin(["misaligned", "aligned"])]).astype(float)
+    n = mis.shape[1]
+    rng, step = np.random.default_rng(seed), max(1, BOOT_CELLS // max(n, 1))
+    num, dem = [], []
+    # `step` resamples at a time: a sweep's 10^5 answers x 2000 resamples at once would not fit in
+    # memory; consecutive draws are the same numbers as one call's
+    for start in range(0, n_boot, step):
+        idx = rng.integers(0, n, size=(min(step, n_boot - start), n))
+        num.append(mis[:, idx].sum(axis=2))
+        dem.append(den[:, idx].sum(axis=2))
     with np.errstate(invalid="ignore", divide="ignore"):
         rate = mis.sum(axis=1) / den.sum(axis=1)
-        idx = np.random.default_rng(seed).integers(0, mis.shape[1], size=(n_boot, mis.shape[1]))
-        boot = mis[:, idx].sum(axis=2) / den[:, idx].sum(axis=2)  # (2, n_boot)
+        boot = np.hstack(num) / np.hstack(dem)  # (2, n_boot)
     diff = boot[1] - boot[0]
     ci = np.nanpercentile(diff, [2.5, 97.5]).tolist() if np.isfinite(diff).any() else [None, None]
     finite = [None if np.isnan(r) else float(r) for r in rate]
