@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import warnings
@@ -18,6 +19,7 @@ from openai_stub import OpenAIStub
 from test_rejudge import snapshot
 from typer.testing import CliRunner
 
+from evilspectra.analysis import analysis_is_current
 from evilspectra.evaluate.rejudge import results_for
 from evilspectra.sweep import SweepSpec, run_sweep
 from evilspectra.toy.world import parse_answer
@@ -157,10 +159,15 @@ def test_report_names_the_judge_of_every_figure_and_compares_the_judges(rejudged
 
 
 def test_an_evaluation_not_rejudged_is_left_out_not_mixed_in(rejudged, tmp_path):
+    """And an evaluation re-judged again makes that judge's analysis stale, not the first's."""
     sweep, _, _, _ = rejudged
     copy = tmp_path / "sweep"
     shutil.copytree(sweep, copy)
     gone = next(copy.glob(f"runs/*/eval/final--{LABEL}"))
+    assert analysis_is_current(copy, LABEL)  # copytree keeps the times
+    later = (copy / f"analysis.{LABEL}.json").stat().st_mtime + 10
+    os.utime(gone / "summary.json", (later, later))  # `rejudge` of this one run again
+    assert not analysis_is_current(copy, LABEL) and analysis_is_current(copy)  # the first's is unchanged
     shutil.rmtree(gone)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -55,11 +55,10 @@ import pandas as pd
 from evilspectra import claim_inputs as claim_data
 from evilspectra import claims, stability
 from evilspectra.errors import DataError
-from evilspectra.evaluate.rejudge import plain_label, rejudged, results_for
+from evilspectra.evaluate.rejudge import paired_evals, plain_label, rejudged, results_for
 from evilspectra.rundir import ANALYSIS as ANALYSIS  # public name kept
 from evilspectra.rundir import (
     HEADLINE,
-    JUDGE_RESULTS,
     NUMERIC_OUTCOMES,
     RESULT_SHARES,
     SPECTRAL_METRICS,
@@ -230,10 +229,16 @@ def analysis_path(sweep_dir: str | Path, judge_label: str | None = None) -> Path
 
 def analysis_is_current(sweep_dir: str | Path, judge_label: str | None = None) -> bool:
     """True when the analysis file exists and is newer than the results table it was computed from
-    (for a re-judgement, also newer than the by-judge table that `rejudge` rewrites)."""
-    path = analysis_path(sweep_dir, judge_label)
-    inputs = [SweepDir(sweep_dir).results] + ([Path(sweep_dir) / JUDGE_RESULTS] if judge_label else [])
-    return path.is_file() and all(not p.is_file() or p.stat().st_mtime <= path.stat().st_mtime for p in inputs)
+    (for a re-judgement, also newer than every summary of that re-judgement: `rejudge` of one run
+    of the sweep changes the analysis without touching the table)."""
+    sweep, path = SweepDir(sweep_dir), analysis_path(sweep_dir, judge_label)
+    if not path.is_file():
+        return False
+    inputs = [sweep.results]
+    if judge_label is not None and sweep.results.is_file():
+        runs = (read_json(sweep.analysis) or {}).get("run_dirs")  # the runs of `analyze RUN... --out DIR`
+        inputs += [again.summary for _, _, again in paired_evals(Path(sweep_dir), judge_label, runs)]
+    return all(not p.is_file() or p.stat().st_mtime <= path.stat().st_mtime for p in inputs)
 
 
 def load_analysis(sweep_dir: str | Path, judge_label: str | None = None) -> dict:

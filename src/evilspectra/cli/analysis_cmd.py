@@ -188,9 +188,10 @@ def print_regulariser(result: dict) -> None:
 def print_claims(result: dict, first: dict | None = None) -> None:
     """The claims table, judged by `result`'s judge; with `first` (the first judgement's analysis of a
     re-judged sweep), that judge's estimate and verdict beside each row."""
-    judge = _judge_name(result)
-    table = Table("claim", "paper", "this sweep", "95% CI", f"verdict ({judge})", "stability")
-    table.title = f"The study's claims (evilspectra.claims), judge {judge}"
+    table = Table(
+        "claim", "paper", "this sweep", "95% CI", f"verdict ({_judge_name(result, label=False)})", "stability"
+    )
+    table.title = f"The study's claims (evilspectra.claims), judge {_judge_name(result)}"
     if first is not None:
         table.add_column(f"first judge ({_judge_name(first)}): this sweep / verdict")
     before = {c["id"]: c for c in (first or {}).get("claims", [])}
@@ -211,11 +212,12 @@ def print_claims(result: dict, first: dict | None = None) -> None:
     console.print(table)
 
 
-def _judge_name(result: dict) -> str:
-    """The judge of an analysis, and its `rejudge` label when it is a re-judgement."""
+def _judge_name(result: dict, label: bool = True) -> str:
+    """The judge of an analysis (escaped: a name is not markup), with its `rejudge` label when it is a
+    re-judgement and `label`."""
     judge = result.get("judge") or {}
     name = judge.get("name") or "?"
-    return escape(f"{name}, re-judgement {judge['label']}" if judge.get("label") else name)  # a name is not markup
+    return escape(f"{name}, re-judgement {judge['label']}" if label and judge.get("label") else name)
 
 
 def _pct(x: float | None) -> str:
