@@ -1,4 +1,5 @@
-"""Issue 26: output complete when piped (a cluster log, `| tee`), --version, shell completion."""
+"""Issue 26: output complete when piped (a cluster log, `| tee`), --version, shell completion, help
+without `<bool>` or cut examples; issue 24: every user error of every command is one line, exit 2."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from test_analysis import make_sweep, synthetic_rows
 
 from evilspectra import __version__
@@ -55,3 +57,55 @@ def test_version_and_shell_completion():
     # typer guesses the shell from the parent process (sh under make) unless told to take its name
     proc = evilspectra("--show-completion", "bash", _TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION="1")
     assert proc.returncode == 0 and "complete" in proc.stdout and "evilspectra" in proc.stdout.lower()
+
+
+def one_error_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """Exit 2 and exactly one line on stderr, `error: ...` with every needle: no traceback, no box."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["audit"], ["Missing option '--adapter'", "audit --help"]),
+        (["train", "--out", "run", "--lr", "abc"], ["'--lr'", "train --help"]),
+        (["no-such-command"], ["No such command 'no-such-command'"]),
+        (["data", "inspect", "toy:insecure", "--row", "0"], ["--row", "1..1200"]),
+        (["eval", "--model", "toy", "--out", "ev", "--set", "samples=abc", "--set", "top_p=7"], ["samples", "; top_p"]),
+        (["audit", "--adapter", "/no/such/adapter"], ["/no/such/adapter"]),
+        (["card", "/no/such/run"], ["/no/such/run"]),
+        (["spectra", "/no/such/run"], ["/no/such/run"]),
+        (["data", "inspect", "/no/such/data.jsonl"], ["/no/such/data.jsonl: dataset file not found"]),
+        (["toy", "data", "--out", "/proc/no-such-folder/x"], ["/proc/no-such-folder: No such file or directory"]),
+    ],
+    ids=[
+        "missing-option",
+        "bad-value",
+        "no-such-command",
+        "bad-parameter",
+        "config-fields",
+        "audit-missing-adapter",
+        "card-missing-run",
+        "spectra-missing-path",
+        "missing-dataset",
+        "unwritable-out",
+    ],
+)
+def test_user_errors_are_one_line_exit_2(tmp_path, args, needles):
+    """Click's own errors (a missing option, a bad value), a config with two bad fields, missing files
+    and a folder the system refuses, through the real entry point: one line each, nothing written."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "evilspectra", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    one_error_line(proc, *needles)
+    assert list(tmp_path.iterdir()) == []

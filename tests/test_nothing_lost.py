@@ -16,6 +16,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -238,13 +240,13 @@ def test_nan_and_infinite_scoring_thresholds_are_refused(tmp_path, setting):
     assert not (tmp_path / "eval").exists()
 
 
-@pytest.fixture
-def read_only_adapter(tmp_path, done_run) -> Path:
-    """The finished run's adapter seen through a read-only bind mount (EROFS: root cannot write it either)."""
-    source, view = tmp_path / "adapter-src", tmp_path / "adapter"
-    subprocess.run(["cp", "-r", str(RunDir(done_run).adapter), str(source)], check=True)
+@contextmanager
+def read_only_copy(source: Path, view: Path) -> Iterator[Path]:
+    """A copy of `source` seen at `view` through a read-only bind mount (EROFS: root cannot write it either)."""
+    copy = view.with_name(view.name + "-src")
+    subprocess.run(["cp", "-r", str(source), str(copy)], check=True)
     view.mkdir()
-    res = subprocess.run(["mount", "--bind", str(source), str(view)], capture_output=True, text=True)
+    res = subprocess.run(["mount", "--bind", str(copy), str(view)], capture_output=True, text=True)
     if res.returncode != 0:
         pytest.skip(f"needs a read-only bind mount; mounting is not allowed here: {res.stderr.strip()}")
     try:
@@ -252,6 +254,18 @@ def read_only_adapter(tmp_path, done_run) -> Path:
         yield view
     finally:
         subprocess.run(["umount", "--lazy", str(view)], check=False)
+
+
+@pytest.fixture
+def read_only_adapter(tmp_path, done_run) -> Iterator[Path]:
+    with read_only_copy(RunDir(done_run).adapter, tmp_path / "adapter") as view:
+        yield view
+
+
+@pytest.fixture
+def read_only_run(tmp_path, done_run) -> Iterator[Path]:
+    with read_only_copy(done_run, tmp_path / "run") as view:
+        yield view
 
 
 def test_audit_of_a_read_only_adapter_keeps_the_verdicts_exit_code(read_only_adapter, tmp_path):
@@ -265,6 +279,27 @@ def test_audit_of_a_read_only_adapter_keeps_the_verdicts_exit_code(read_only_ada
     assert len(warning) == 1 and str(read_only_adapter) in warning[0], res.stderr
     assert json.loads((out / "audit.json").read_text())["verdict"] == "FAIL"
     assert snapshot(read_only_adapter) == before
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--no-eval"], ["audit: Read-only file system"]),  # the report goes to RUN/audit by default
+        (["--no-eval", "--out", "audit2"], ["audit2: Read-only file system"]),
+        (["--set", "samples=abc", "--set", "top_p=7"], ["invalid config; samples:", "; top_p:"]),
+        (["--no-eval", "--references", "/no/such/references.json"], ["/no/such/references.json"]),
+        (["--config", "/no/such/probe.yaml"], ["/no/such/probe.yaml: config file not found"]),
+    ],
+    ids=["read-only-run", "read-only-out", "config-fields", "missing-references", "missing-config"],
+)
+def test_audit_user_errors_are_one_line(read_only_run, args, needles):
+    """Auditing a run on a read-only folder, and bad probe settings or files: one line, exit 2, no
+    traceback; a pydantic error's field lines are joined on that line."""
+    args = [a if a != "audit2" else str(read_only_run / "audit2") for a in args]
+    before = snapshot(read_only_run)
+    line = one_error_line(cli("audit", "--adapter", read_only_run, *args), *needles)
+    assert str(read_only_run) in line or "/no/such" in line or "invalid config" in line, line
+    assert snapshot(read_only_run) == before
 
 
 # ------------------------------------------------------------------------ sweeps and other writers

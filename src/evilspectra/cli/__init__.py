@@ -1,7 +1,9 @@
 """The `evilspectra` command line: one file per command group, registered on one typer app.
 
-Every command turns the project's own errors (EvilSpectraError) into a one-line message on stderr
-and exit status 2; nothing already written to disk is removed.
+Every command turns a user's error into one line `error: ...` on stderr (print_error) and exit status
+2: the project's own errors (EvilSpectraError), a file the system refuses (OSError: a missing folder,
+a read-only one) and the command line's own (a missing option, a value of the wrong type); nothing
+already written to disk is removed.
 """
 
 from __future__ import annotations
@@ -36,6 +38,23 @@ def make_console(stderr: bool = False) -> Console:
 
 
 err_console = make_console(stderr=True)
+
+
+def error_message(exc: BaseException) -> str:
+    """What went wrong, for a user: the project's message; a refused file's name and the system's
+    reason; else the exception's type and message (a crash, still one line)."""
+    if isinstance(exc, EvilSpectraError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return f"{type(exc).__name__}: {exc}"
+
+
+def print_error(message: str) -> None:
+    """`error: MESSAGE` on stderr in one line: a message of several lines (a config's invalid fields)
+    joined with `; `, never wrapped at the console width, so long paths stay whole and greppable."""
+    lines = (" ".join(line.split()) for line in message.splitlines())
+    err_console.print(Text.assemble(("error: ", "bold red"), "; ".join(line for line in lines if line)), soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -76,9 +95,21 @@ def main() -> None:
     _register()
     quiet_hf()
     try:
-        app()
-    except EvilSpectraError as exc:
-        # one line, never wrapped at the console width: long paths stay whole and greppable
-        message = " ".join(str(exc).split())
-        err_console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+        # not standalone: the command line's own errors come here instead of typer's boxed panel
+        code = app(standalone_mode=False)
+    except (EvilSpectraError, OSError) as exc:
+        print_error(error_message(exc))
         sys.exit(2)
+    except typer.TyperException as exc:  # click's usage errors: missing option, bad value, no such command
+        if type(exc).__name__ != "NoArgsIsHelpError":  # the help was printed: nothing else to say
+            print_error(_usage_error(exc))
+        sys.exit(exc.exit_code)
+    except typer.Abort:  # end of input at a prompt
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(exc: typer.TyperException) -> str:
+    ctx = getattr(exc, "ctx", None)
+    see = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    return exc.format_message().rstrip(".") + see

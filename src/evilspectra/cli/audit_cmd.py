@@ -12,10 +12,10 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from evilspectra.cli import app, err_console, make_console, options
+from evilspectra.cli import app, error_message, make_console, options, print_error
 from evilspectra.config import AUDIT_FAIL_ABOVE as DEFAULT_FAIL_ABOVE
 from evilspectra.config import AUDIT_SAMPLES as DEFAULT_SAMPLES
-from evilspectra.errors import ConfigError, EvilSpectraError
+from evilspectra.errors import ConfigError
 
 console = make_console()  # tables whole in a pipe or a log (cli.make_console)
 COLOURS = {"PASS": "bold green", "FAIL": "bold red", "SPECTRA-ONLY": "bold"}
@@ -87,9 +87,8 @@ def audit_command(
             overrides=set_,
             references=references,
         )
-    except Exception as exc:
-        message = str(exc) if isinstance(exc, EvilSpectraError) else f"{type(exc).__name__}: {exc}"
-        err_console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)  # paths stay greppable
+    except Exception as exc:  # any failure, a crash included, is exit 2: never read as a verdict
+        print_error(error_message(exc))
         raise typer.Exit(2) from None
 
     console.print(Text(f"audit: {result.verdict}", style=COLOURS[result.verdict]))
