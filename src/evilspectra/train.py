@@ -36,50 +36,25 @@ from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 from torch.distributed.tensor import DTensor
 from transformers import AutoConfig, AutoModelForCausalLM, get_scheduler
 
+from evilspectra.artefacts.io import DiskFullError, disk_full_guard, write_dir
+from evilspectra.artefacts.machine import library_versions, machine_info
+from evilspectra.artefacts.paths import RunDir
+from evilspectra.artefacts.records import Manifest
 from evilspectra.chat_template import resolve_kwargs
 from evilspectra.config import RunConfig
 from evilspectra.data import ChatDataset, collate, encode_dataset_cached, load_dataset_spec
-from evilspectra.errors import ConfigError
+from evilspectra.errors import ConfigError, DataError
 from evilspectra.experts import expert_layouts, expert_wrappers
 from evilspectra.integrations import trackers
 from evilspectra.models import attach_lora, load_base_model, load_tokenizer, lora_targets, pick_dtype, resolve_model
 from evilspectra.optim import build_optimizer, check_optimizer, resolved_hyperparameters
-from evilspectra.rundir import (
-    DiskFullError,
-    RunDir,
-    atomic_write_json,
-    disk_full_guard,
-    library_versions,
-    machine_info,
-    read_json,
-    write_dir,
-)
+from evilspectra.regulariser import SpectralRegulariser
+from evilspectra.schedule import checkpoint_steps as checkpoint_steps  # public names kept (moved)
+from evilspectra.schedule import total_steps as total_steps
 
 # progress(step, total_steps, loss) is called after every optimiser step
 ProgressFn = Callable[[int, int, float], None]
 LORA_MODULES = {"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector"}
-
-
-def checkpoint_steps(schedule: str | int | list[int], total: int) -> list[int]:
-    """Steps at which to save a checkpoint. `log`: 10, 20, 30, 40, 53, 71, ... (x1.33, at least +10)."""
-    if schedule == "none":
-        return []
-    if isinstance(schedule, list):
-        return sorted({s for s in schedule if 1 <= s <= total})
-    if isinstance(schedule, int):
-        return list(range(schedule, total + 1, schedule))
-    steps, s = [], 10
-    while s < total:
-        steps.append(s)
-        s = max(s + 10, round(s * 4 / 3))
-    return steps
-
-
-def total_steps(cfg: RunConfig, n_rows: int) -> int:
-    per_step = cfg.train.batch_size * cfg.train.grad_accum
-    if cfg.train.max_steps:
-        return cfg.train.max_steps
-    return max(1, math.ceil(cfg.train.epochs * n_rows / per_step))
 
 
 def batch_order(n_rows: int, seed: int, shuffle: bool):
@@ -111,18 +86,18 @@ def sft_loss_sum(model, batch: dict[str, torch.Tensor], fused: bool = False) -> 
     )
 
 
-def _manifest(cfg: RunConfig, data: ChatDataset, status: str, **extra) -> dict:
-    return {
-        "run_id": cfg.run_id(),
-        "status": status,
-        "config": cfg.model_dump(mode="json"),
-        "dataset": {"source": data.source, "sha256": data.sha256, "rows": len(data.rows)},
-        "system_prompt": cfg.system_prompt,
-        "seed": cfg.seed,
-        "versions": library_versions(),
-        "machine": machine_info(),
+def _manifest(cfg: RunConfig, data: ChatDataset, status: str, **extra: Any) -> Manifest:
+    return Manifest(
+        run_id=cfg.run_id(),
+        status=status,
+        config=cfg,
+        dataset={"source": data.source, "sha256": data.sha256, "rows": len(data.rows)},
+        system_prompt=cfg.system_prompt,
+        seed=cfg.seed,
+        versions=library_versions(),
+        machine=machine_info(),
         **extra,
-    }
+    )
 
 
 def train(cfg: RunConfig, out: Path, progress: ProgressFn | None = None, report_to: str = "none") -> Path:
@@ -245,8 +220,8 @@ def _train(
     )
     if accelerator.is_main_process:
         run.fresh()  # tracker output of an unfinished run goes too
-        atomic_write_json(run.manifest_path, manifest)
-    trackers.start(accelerator, report_to, cfg.run_id(), out, manifest["config"])
+        run.write_manifest(manifest)
+    trackers.start(accelerator, report_to, cfg.run_id(), out, cfg.model_dump(mode="json"))
     try:
         accelerator.wait_for_everyone()  # no rank writes into the run directory before it is fresh
         result = _train_loop(cfg, setup, out, accelerator, progress)
@@ -259,25 +234,32 @@ def _train(
         for tracker in accelerator.trackers:
             tracker.finish()
     finished = datetime.now(UTC).isoformat(timespec="seconds")
-    timings = {**manifest["timings"], "finished": finished, **result.pop("timings")}
-    manifest.update(result, timings=timings)
+    timings = {**manifest.timings.model_dump(exclude_unset=True), "finished": finished, **result.pop("timings")}
+    manifest = manifest.updated(**result, timings=timings)
     if accelerator.is_main_process:
-        atomic_write_json(run.manifest_path, manifest)
+        run.write_manifest(manifest)
     return out
 
 
-def _record_failure(out: Path, manifest: dict, exc: BaseException, accelerator: Accelerator) -> None:
+def _record_failure(out: Path, manifest: Manifest, exc: BaseException, accelerator: Accelerator) -> None:
     """Any rank that fails marks the run `failed`; the first failure is kept, so the rank that broke
     is named, not the ranks whose collectives then lost their peer."""
-    path = RunDir(out).manifest_path
-    if accelerator.num_processes > 1 and (read_json(path) or {}).get("status") == "failed":
+    run = RunDir(out)
+    if accelerator.num_processes > 1 and _recorded_status(run) == "failed":
         return
     error = f"{type(exc).__name__}: {exc}"
     if accelerator.num_processes > 1:
         error = f"rank {accelerator.process_index} of {accelerator.num_processes}: {error}"
-    manifest.update(status="failed", error=error)
     with suppress(DiskFullError):  # on a full disk the manifest keeps `running`: the run is redone all the same
-        atomic_write_json(path, manifest)
+        run.write_manifest(manifest.updated(status="failed", error=error))
+
+
+def _recorded_status(run: RunDir) -> str | None:
+    """The status another rank recorded; None when the manifest is unreadable (a failure is still recorded)."""
+    with suppress(DataError):
+        manifest = run.read_manifest()
+        return manifest.status if manifest is not None else None
+    return None
 
 
 def _train_loop(cfg: RunConfig, setup: _Setup, out: Path, accelerator: Accelerator, progress) -> dict:
@@ -374,8 +356,6 @@ def _jsonl(row: dict) -> str:
 def _regulariser(cfg: RunConfig, model):
     if cfg.spectral_reg.weight <= 0:
         return None
-    from evilspectra.spectra import SpectralRegulariser
-
     return SpectralRegulariser(model, method=cfg.spectral_reg.method, aggregation=cfg.spectral_reg.aggregation)
 
 

@@ -195,6 +195,10 @@ class EvalDir(_Dir):
     def write_samples_meta(self, meta: SamplesMeta) -> None:
         write_record(self.samples_meta, meta)
 
+    def read_samples(self) -> list[dict]:
+        """The sampled answers, one per line (OSError when missing, JSONDecodeError when torn)."""
+        return [json.loads(line) for line in self.samples.read_text(encoding="utf-8").splitlines()]
+
     def read_answers(self) -> list[dict]:
         """The answer records, one per line (OSError when missing, JSONDecodeError when torn)."""
         return [json.loads(line) for line in self.answers.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -10,15 +10,17 @@
 
 Unknown fields are kept (`extra="allow"`: a newer writer may add some); a wrong field fails with the
 file and field named (io.load_record). Files written by earlier releases read unchanged: every field
-added since has a default. Records also answer `record["field"]` and `record.get("field")` for the
-readers that still index dicts (analysis, report and the CLI tables, moved to attributes in phase 2).
+added since has a default. Records also read as a mapping of their on-disk keys (`record["field"]`,
+`.get`, iteration, equality with the file's dict) for the readers that still index dicts (analysis,
+report, the CLI tables: moved to attributes in phase 2).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_serializer
 
 from evilspectra.config import RunConfig, ScoringSettings
 
@@ -72,11 +74,27 @@ class Record(BaseModel):
             return default
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and (self._field(key) is not None or key in (self.model_extra or {}))
+        return key in self.keys()
 
     def keys(self) -> list[str]:
-        """The on-disk keys: declared fields (by alias) then the kept unknown ones."""
-        return [f.alias or name for name, f in type(self).model_fields.items()] + list(self.model_extra or {})
+        """The keys its file holds: the fields its writer set (by alias, in field order), then the kept
+        unknown ones. An unset field still reads as its default."""
+        fields = type(self).model_fields
+        return [f.alias or name for name, f in fields.items() if name in self.model_fields_set] + list(
+            self.model_extra or {}
+        )
+
+    def __iter__(self) -> Iterator[str]:  # type: ignore[override]  # a mapping's iteration: its keys
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to another record as pydantic compares them, or to the dict its file holds."""
+        if isinstance(other, dict):
+            return self.model_dump(by_alias=True, exclude_unset=True) == other
+        return super().__eq__(other)
 
     def updated(self, **fields: Any) -> Self:
         """A copy with `fields` set (validated, counted as written)."""
@@ -162,6 +180,12 @@ class Manifest(Record):
     device: str | None = None
     dtype: str | None = None
     error: str | None = None
+
+    @field_serializer("config")
+    def _whole_config(self, config: RunConfig | None) -> dict[str, Any] | None:
+        """The resolved config whole, defaults included, even when the manifest is written with only
+        its set fields: a run's record must not depend on which settings were given explicitly."""
+        return None if config is None else config.model_dump(mode="json")
 
 
 # --------------------------------------------------------------------------- the eval summary

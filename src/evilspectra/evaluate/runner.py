@@ -27,8 +27,12 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
+from evilspectra.artefacts.io import atomic_write_text
+from evilspectra.artefacts.paths import EvalDir, adapter_digest
+from evilspectra.artefacts.paths import select_adapters as select_adapters  # public name kept (moved)
+from evilspectra.artefacts.records import EvalSummary, SamplesMeta
 from evilspectra.config import EvalSettings, stable_dump
-from evilspectra.errors import ConfigError, JudgeError, QuestionsWarning
+from evilspectra.errors import ConfigError, DataError, JudgeError, QuestionsWarning
 from evilspectra.evaluate.endpoint import public_url, redact_settings
 from evilspectra.evaluate.judge import NO_NUMBER, estimate_calls, judge_all, make_judge
 from evilspectra.evaluate.metrics import outcome_table, summarize
@@ -45,7 +49,6 @@ from evilspectra.evaluate.sampling import (
 from evilspectra.evaluate.schema import Judge, Question
 from evilspectra.models import resolve_model
 from evilspectra.registry import is_local_judge
-from evilspectra.rundir import EvalDir, adapter_digest, atomic_write_json, atomic_write_text, run_adapters
 
 N_BOOT = 1000
 
@@ -90,7 +93,7 @@ def evaluate(
     judge_cache: Path | None = None,
     judge: Judge | None = None,
     progress: bool = True,
-) -> dict:
+) -> EvalSummary:
     """Sample, judge and summarise; write the files listed in the module docstring; return the summary.
 
     `judge`: a ready Judge to use instead of building `settings.judge` (e.g. a custom scorer);
@@ -112,7 +115,7 @@ def evaluate(
     if samples is None:
         samples = sample_answers(model, adapter_dir, questions, settings, progress)
         atomic_write_text(files.samples, samples_to_jsonl(samples))
-        atomic_write_json(files.samples_meta, {"fingerprint": fingerprint, "n": len(samples)})
+        files.write_samples_meta(SamplesMeta(fingerprint=fingerprint, n=len(samples)))
 
     fields = {
         "model": model,
@@ -155,7 +158,7 @@ def judge_samples(
     files: EvalDir,
     fields: dict,
     progress: bool = True,
-) -> dict:
+) -> EvalSummary:
     """Judge sampled answers, write `files`' answers and summary (+ `fields`), return the summary.
     Raises JudgeError (after writing) when no answer got a judgement (check_judged)."""
     fields = {"started_at": utc_now(), **fields}  # a re-judge times its judging; evaluate() its sampling too
@@ -167,9 +170,8 @@ def judge_samples(
 
     records = [{**asdict(s), **asdict(j)} for s, j in zip(samples, judgements)]
     atomic_write_text(files.answers, "".join(json.dumps(r) + "\n" for r in records))
-    summary = summarize_records(records, settings)
-    summary.update(fields)
-    summary.update(
+    summary = summarize_records(records, settings).updated(
+        **fields,
         judge=judge.name,
         judge_base_url=public_url(settings.judge_base_url),
         settings=redact_settings(stable_dump(settings)),
@@ -180,7 +182,7 @@ def judge_samples(
     return summary
 
 
-def summarize_records(records: list[dict], settings: EvalSettings) -> dict:
+def summarize_records(records: list[dict], settings: EvalSettings) -> EvalSummary:
     """summarize() of answer records under `settings`' scoring, plus `n_judge_retry` (module docstring)."""
     summary = summarize(
         outcome_table(records),
@@ -191,19 +193,19 @@ def summarize_records(records: list[dict], settings: EvalSettings) -> dict:
         seed=settings.seed,
         convention=settings.convention,
     )
-    summary["n_judge_retry"] = sum(r["verdict"] == "error" or NO_NUMBER in (r.get("unscored") or "") for r in records)
-    return summary
+    retry = sum(r["verdict"] == "error" or NO_NUMBER in (r.get("unscored") or "") for r in records)
+    return summary.updated(n_judge_retry=retry)
 
 
-def check_judged(summary: dict, files: EvalDir) -> None:
+def check_judged(summary: EvalSummary, files: EvalDir) -> None:
     """JudgeError when no answer got a judgement (the judge is down or never answers with a
     number); a note on stderr when some did not (a rerun asks those calls again)."""
-    n_retry, n_total = summary["n_judge_retry"], summary["n_total"]
+    n_retry, n_total = summary.judge_retries(), summary.n_total
     if n_total and n_retry == n_total:
         raise JudgeError(
             f"{files.summary}: no judge call succeeded ({n_total} of {n_total} answers: "
-            f"{summary['n_error']} judge errors, {n_total - summary['n_error']} replies without a number) "
-            f"from judge {summary['judge']} at {summary.get('judge_base_url') or 'the default endpoint'}; "
+            f"{summary.n_error} judge errors, {n_total - summary.n_error} replies without a number) "
+            f"from judge {summary.judge} at {summary.judge_base_url or 'the default endpoint'}; "
             "the samples are kept: rerun when the judge answers"
         )
     if n_retry:
@@ -249,28 +251,10 @@ def load_samples(out: Path, fingerprint: str) -> list[Sample] | None:
     """The samples already in `out` when they were made with the same fingerprint and are complete."""
     files = EvalDir(Path(out))
     try:
-        meta = json.loads(files.samples_meta.read_text())
-        lines = files.samples.read_text().splitlines()
-    except (OSError, json.JSONDecodeError):
+        meta = files.read_samples_meta()
+        rows = files.read_samples()
+    except (OSError, ValueError, DataError):  # missing, torn or foreign: sample again
         return None
-    if meta.get("fingerprint") != fingerprint or meta.get("n") != len(lines):
+    if meta is None or meta.fingerprint != fingerprint or meta.n != len(rows):
         return None
-    return [Sample(**json.loads(line)) for line in lines]
-
-
-def select_adapters(run_dir: Path, checkpoints: str | list[int] = "final") -> list[tuple[str, int | None, Path]]:
-    """(label, step, adapter dir) to evaluate in a run directory, always ending with the final
-    adapter: "final" -> the final adapter only; "all" -> every RUN/checkpoints/step-N too; a list of
-    steps -> those checkpoints (each must exist)."""
-    listed = run_adapters(run_dir)
-    if not listed or listed[-1][0] != "final":
-        resolve_adapter(run_dir)  # raises the clear "not a run directory" error
-    final, ckpts = listed[-1], {step: (label, step, path) for label, step, path in listed[:-1]}
-    if checkpoints == "final":
-        return [final]
-    if checkpoints == "all":
-        return listed
-    missing = [s for s in checkpoints if s not in ckpts]
-    if missing:
-        raise ConfigError(f"{run_dir}: no checkpoint for step(s) {missing}; available: {sorted(ckpts)}")
-    return [ckpts[s] for s in sorted(set(checkpoints))] + [final]
+    return [Sample(**row) for row in rows]

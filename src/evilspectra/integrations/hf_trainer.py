@@ -29,9 +29,11 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from transformers.integrations import TrackioCallback
 from transformers.integrations.integration_utils import rewrite_logs
 
+from evilspectra.artefacts.paths import RunDir, save_adapter
 from evilspectra.errors import ConfigError
-from evilspectra.rundir import RunDir, save_adapter
-from evilspectra.spectra import SpectralRegulariser, lora_factor_pairs, mean_metrics, model_spectra
+from evilspectra.regulariser import SpectralRegulariser, lora_factor_pairs
+from evilspectra.schedule import checkpoint_steps
+from evilspectra.spectra_table import mean_metrics, model_spectra
 
 SPECTRA_PREFIX = "spectra/"  # logged keys: spectra/frobenius_nuclear, spectra/stable_rank, ...
 REG_KEY = "spectral_reg"
@@ -156,8 +158,6 @@ class SpectraCallback(TrainerCallback):
         self.save_at: set[int] = set()
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        from evilspectra.train import checkpoint_steps
-
         self.save_at = set(checkpoint_steps(self.checkpoints, state.max_steps))
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
