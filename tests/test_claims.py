@@ -128,6 +128,24 @@ def test_paired_intervals_cover_95_percent_at_the_demo_noise():
     assert abs(hit_r / 400 - 0.95) <= band, hit_r
 
 
+def test_a_rate_far_above_a_rate_near_zero_contradicts_a_ratio_below_one():
+    """Adam ~20% and Lion ~0.1% at the matched loss (the demo's toy figures): Lion's mean is within
+    its own interval of 0, so Fieller's set for Adam / Lion is unbounded, but it is the line minus
+    an interval around 0 and 1; cut to the non-negative ratios that rates allow it is [b, inf) with
+    b > 1, which excludes the paper's 0.38 and its band: contradicted, not underpowered."""
+    rng = np.random.default_rng(4)
+    adam = rng.normal(0.20, 0.03, 8)
+    lion = np.array([0, 0, 0.006, 0, 0, 0.004, 0, 0])  # one or none of 150 answers misaligned
+    assert stats.fieller_ratio(adam, lion).ci == [-math.inf, math.inf]
+    lo, hi = stats.fieller_ratio(adam, lion, nonnegative=True).ci
+    assert lo > 1 and hi == math.inf
+    row = table(inputs({"adam": adam, "lion": lion}, seeds=8))["order_adam_lion"]
+    assert row["verdict"] == CONTRADICTED, row
+    # two rates both near 0: no ratio is excluded, the set is all of [0, inf)
+    both = stats.fieller_ratio(np.array([0.006, 0, 0, 0, 0.006, 0, 0, 0.008]), lion, nonnegative=True)
+    assert both.ci == [0.0, math.inf]
+
+
 def test_power_matches_simulation():
     """t and TOST power against 2000 simulated 6-seed experiments (tolerance: 3 binomial SDs of
     2000 draws, about 0.034, plus the TOST approximation's known slack of a lower bound)."""

@@ -151,18 +151,27 @@ def test_unknown_preset_lists_presets():
 
 
 def test_demo_preset_design():
-    """toy-optimisers: a two-rung lr ladder per optimiser, 6 seeds per cell, the regulariser paired
-    with the top rung of all five optimisers (`where:`), and a weight ladder on Adam."""
+    """toy-optimisers (issue 23): a three-rung lr ladder per optimiser (AdamW: the well-trained rung
+    only), 8 seeds on the well-trained rung and 4 on the others, the regulariser paired with every
+    well-trained run (weight 1, evaluated at the end only); unregularised runs save checkpoints at
+    steps 10, 20, 30 (all evaluated)."""
     from collections import Counter
 
-    configs = expand(load_sweep("toy-optimisers"))
+    spec = load_sweep("toy-optimisers")
+    configs = expand(spec)
     cells = Counter((c.optimizer.name, c.optimizer.lr, c.spectral_reg.weight) for c in configs)
-    assert len(configs) == 102 and set(cells.values()) == {6}
     names = {"sgd", "adam", "adamw", "lion", "muon"}
-    top = {n: max(lr for m, lr, _ in cells if m == n) for n in names}
+    rungs = {n: sorted({lr for m, lr, _ in cells if m == n}) for n in names}
+    assert {n: len(r) for n, r in rungs.items()} == {"sgd": 3, "adam": 3, "adamw": 1, "lion": 3, "muon": 3}
+    top = {n: r[-1] for n, r in rungs.items()}
+    for (name, lr, weight), n in cells.items():
+        assert n == (8 if lr == top[name] else 4), (name, lr, weight, n)
+        assert weight in (0.0, 1.0) and (weight == 0 or lr == top[name])
     assert {(n, lr) for n, lr, w in cells if w == 1.0} == set(top.items())
-    assert {w for n, _, w in cells if n == "adam"} == {0.0, 0.1, 0.3, 1.0}
-    assert all(lr == top[n] for n, lr, w in cells if w > 0)
+    assert len(configs) == 5 * 8 * 2 + 4 * 2 * 4
+    for c in configs:
+        assert c.train.checkpoints == ("none" if c.spectral_reg.weight else [10, 20, 30])
+    assert spec.eval.checkpoints == "all" and spec.analysis["matched_loss"] > 0
 
 
 def test_an_in_process_sweep_leaves_the_callers_torch_threads(tmp_path):

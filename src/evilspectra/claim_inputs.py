@@ -107,7 +107,7 @@ def _support(inputs: ClaimInputs, names: list[str], values: dict, counts: dict, 
 
 def ratio(inputs: ClaimInputs, num: str, den: str) -> stats.Test:
     """mean rate(num) / mean rate(den) at the matched loss, paired by seed (Fieller)."""
-    test = stats.fieller_ratio(*_pair(inputs, inputs.matched, num, den))
+    test = stats.fieller_ratio(*_pair(inputs, inputs.matched, num, den), nonnegative=True)  # rates
     test.extra |= _support(inputs, [num, den], inputs.matched, inputs.matched_support)
     return test
 

@@ -62,9 +62,15 @@ def paired_t(diffs: np.ndarray, null: float = 0.0, alpha: float = ALPHA) -> Test
     return Test(mean, [mean - t_crit * se, mean + t_crit * se], p, n, sd, method)
 
 
-def fieller_ratio(x: np.ndarray, y: np.ndarray, alpha: float = ALPHA) -> Test:
+def fieller_ratio(x: np.ndarray, y: np.ndarray, alpha: float = ALPHA, nonnegative: bool = False) -> Test:
     """mean(x) / mean(y) of paired values, Fieller's (1 - alpha) interval, and p for ratio = 1
-    (the paired t test of x - y). `sd` is the SD of x - y (what the power calculation uses)."""
+    (the paired t test of x - y). `sd` is the SD of x - y (what the power calculation uses).
+
+    When mean(y) is not distinguishable from 0, Fieller's confidence set is unbounded: the whole
+    line, or the line minus the open interval between the two roots. With `nonnegative` (x and y
+    are rates, so the ratio is >= 0) the set is cut to [0, inf): [upper root, inf) when the lower
+    root is negative (the data exclude every ratio below it: e.g. a numerator far above a
+    denominator near 0), else [0, inf) (the hull of what is left)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
@@ -89,6 +95,12 @@ def fieller_ratio(x: np.ndarray, y: np.ndarray, alpha: float = ALPHA) -> Test:
     else:  # the denominator's mean is not distinguishable from 0: no bounded interval exists
         out.ci = [-math.inf, math.inf]
         out.extra["reason"] = "the denominator's mean is within its own interval of 0: unbounded Fieller interval"
+        if nonnegative:
+            out.ci = [0.0, math.inf]
+            if a < 0 and disc > 0:  # a r^2 - 2 b r + c <= 0 outside the roots (the parabola opens down)
+                low, high = sorted([(b + math.sqrt(disc)) / a, (b - math.sqrt(disc)) / a])
+                if low < 0 <= high:
+                    out.ci = [float(high), math.inf]
     return out
 
 
