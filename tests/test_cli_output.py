@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -109,3 +110,73 @@ def test_user_errors_are_one_line_exit_2(tmp_path, args, needles):
     )
     one_error_line(proc, *needles)
     assert list(tmp_path.iterdir()) == []
+
+
+HELP_WALK = """
+import sys
+from typer.main import get_command
+from evilspectra.cli import _register, app, main
+
+def paths(command, path):
+    yield path
+    for name, sub in sorted(getattr(command, "commands", {}).items()):
+        yield from paths(sub, [*path, name])
+
+_register()
+for path in paths(get_command(app), []):
+    print("=== " + " ".join(path), flush=True)
+    sys.argv = ["evilspectra", *path, "--help"]
+    try:
+        main()
+    except SystemExit as exc:
+        print(f"=== exit {exc.code}", flush=True)
+"""
+
+
+def command_helps(**env: str) -> dict[str, str]:
+    """{command path: its --help}, every command and group of the real app, printed into a pipe."""
+    proc = evilspectra_code(HELP_WALK, **env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    helps, name = {}, None
+    for line in proc.stdout.splitlines():
+        if line.startswith("=== exit "):
+            assert line == "=== exit 0", (name, line)
+        elif line.startswith("=== "):
+            name, helps[line[4:]] = line[4:], ""
+        else:
+            helps[name] += line + "\n"
+    return helps
+
+
+def evilspectra_code(code: str, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | env
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=600)
+
+
+def test_every_help_shows_flags_without_bool_and_every_word_whole():
+    from typer.main import get_command
+
+    from evilspectra.cli import _register, app
+
+    _register()
+    helps = command_helps()
+    assert {"", "train", "audit", "toy build", "data inspect", "judges compare"} <= set(helps)
+    command = get_command(app)
+    for path, text in helps.items():
+        assert "<bool>" not in text and "…" not in text, (path, text)
+        params = _command(command, path).params
+        for param in params:
+            # each word of each option's help is whole on some line: nothing cut, nothing folded
+            for word in (getattr(param, "help", None) or "").split():
+                assert word in text, (path, param.name, word, text)
+    assert re.search(r"--no-eval +Spectra only", helps["audit"]), helps["audit"]  # no type column for a flag
+    # at a narrow width a help text's long word folds onto the next line; it is not cut
+    narrow = command_helps(COLUMNS="60")["train"]
+    column = "".join(line.split("│")[1].strip() for line in narrow.splitlines() if line.count("│") == 2)
+    assert "optimizer.betas=[0.9,0.99]" in column and "<bool>" not in narrow, narrow
+
+
+def _command(root, path: str):
+    for name in path.split():
+        root = root.commands[name]
+    return root

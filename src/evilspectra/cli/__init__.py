@@ -38,6 +38,37 @@ def make_console(stderr: bool = False) -> Console:
 
 
 err_console = make_console(stderr=True)
+HELP_PIPE_WIDTH = 100  # --help off a terminal without COLUMNS: its boxes are this wide (rich's default: 80)
+
+
+def _complete_help() -> None:
+    """`--help` as a reader needs it, through typer's rich help (typer 0.29):
+    - a flag's row shows no type: typer prints `--no-eval <bool>` for a flag that takes no value and
+      rejects one;
+    - a word longer than its column (`optimizer.betas=[0.9,0.99]`) folds onto the next line instead
+      of being cut to `optimizer.betas=[0.9,0.…`;
+    - off a terminal without COLUMNS (a pipe, a log) the help is HELP_PIPE_WIDTH wide, so examples
+      fit on their line.
+    """
+    from typer import rich_utils
+    from typer.core import TyperOption
+
+    display_type = TyperOption.display_type_rich
+    TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag or self.count else display_type(self, ctx)
+    make_text = rich_utils._make_rich_text
+
+    def folded_text(*args, **kwargs):
+        text = make_text(*args, **kwargs)
+        if isinstance(text, Text):
+            text.overflow = "fold"
+        return text
+
+    rich_utils._make_rich_text = folded_text
+    if rich_utils.MAX_WIDTH is None and not Console().is_terminal and not os.environ.get("COLUMNS", "").isdigit():
+        rich_utils.MAX_WIDTH = HELP_PIPE_WIDTH
+
+
+_complete_help()
 
 
 def error_message(exc: BaseException) -> str:
