@@ -180,3 +180,10 @@ def _command(root, path: str):
     for name in path.split():
         root = root.commands[name]
     return root
+
+
+def test_toy_data_prints_a_bracketed_path_verbatim(tmp_path):
+    out = tmp_path / "data[/v2]"  # `[/v2]` is a closing tag to rich: read as markup it raised MarkupError
+    proc = evilspectra("toy", "data", "--out", str(out), "--n", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{out / 'insecure.jsonl'}  2 rows" in proc.stdout, proc.stdout

@@ -27,7 +27,7 @@ def card(
     """Write the adapter's model card: optimiser, LoRA, data, seed, loss, spectra vs references, EM verdict."""
     from evilspectra.card import push_card, write_card
 
-    if push:
-        console.print(f"uploaded to {push_card(run, push, license=license)}")
+    if push:  # paths and repo ids printed verbatim, never read as markup
+        console.print(f"uploaded to {push_card(run, push, license=license)}", markup=False)
     else:
-        console.print(f"wrote {write_card(run, license=license)}")
+        console.print(f"wrote {write_card(run, license=license)}", markup=False)

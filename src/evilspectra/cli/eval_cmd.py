@@ -103,7 +103,8 @@ def eval_command(
     counts = plan(settings)
     console.print(
         f"{counts['questions']} questions, {counts['samples']} samples, {counts['judge_calls']} judge calls "
-        f"(before cache hits) with judge {settings.judge}"
+        f"(before cache hits) with judge {settings.judge}",
+        markup=False,
     )
     if dry_run:
         return

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from evilspectra.cli import app, make_console
 
@@ -34,7 +35,7 @@ def build(
     )
     info = json.loads((path / "toy_build.json").read_text())
     console.print(
-        f"[green]toy model[/] -> {path}  ({info['parameters']:,} parameters, "
+        f"[green]toy model[/] -> {escape(str(path))}  ({info['parameters']:,} parameters, "
         f"final loss {info['final_align_loss'] or info['final_pretrain_loss']:.3f}, {info['seconds']} s)"
     )
 
@@ -53,4 +54,4 @@ def data(
         rows = toy_dataset(name, n=n, seed=seed)
         path = out / f"{name}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        console.print(f"{path}  {len(rows)} rows  [dim]{description}[/]")
+        console.print(f"{escape(str(path))}  {len(rows)} rows  [dim]{description}[/]")  # a path is not markup
