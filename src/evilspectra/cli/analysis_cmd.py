@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import webbrowser
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from evilspectra.cli import app, make_console
+
+if TYPE_CHECKING:
+    from evilspectra.artefacts.analysis_record import Analysis
 
 console = make_console()  # tables whole in a pipe or a log (cli.make_console)
 
@@ -32,6 +36,8 @@ def analyze(
     ),
 ) -> None:
     """Per-optimiser misalignment with CIs, loss/optimiser regressions, spectra, regulariser; writes the analysis JSON."""
+    # imported when the command runs, not at the top: every `evilspectra --help` would pay for
+    # pandas, scipy and the statistics otherwise
     from evilspectra.analysis import analysis_is_current, analysis_path, definition_text, load_analysis
     from evilspectra.analysis import analyze as run_analysis
     from evilspectra.evaluate.rejudge import judge_labels
@@ -46,12 +52,12 @@ def analyze(
             if analysis_is_current(dest)
             else run_analysis(source, windows=windows, margin=margin, out=out)
         )
-    console.print(definition_text(result.get("definitions") or []))
+    console.print(definition_text(result.definitions))
     print_rates(result)
     print_regressions(result)
     print_regulariser(result)
     print_claims(result, first)
-    others = [] if judge_label is not None else judge_labels(dest, result.get("run_dirs"))
+    others = [] if judge_label is not None else judge_labels(dest, result.run_dirs or None)
     if others:
         console.print(
             f"re-judged evaluations found ({', '.join(others)}): `evilspectra analyze ... --judge-label "
@@ -72,7 +78,7 @@ def report(
     open_: bool = typer.Option(False, "--open/--no-open", help="Open the report in a browser."),
 ) -> None:
     """Write the HTML report into the sweep directory (or --out): self-contained (plots embedded), opens offline."""
-    from evilspectra.analysis import analyze as run_analysis
+    from evilspectra.analysis import analyze as run_analysis  # imported here: start-up speed (see analyze)
     from evilspectra.report import write_report
 
     target = sources[0]
@@ -85,7 +91,8 @@ def report(
         webbrowser.open(path.as_uri())
 
 
-def print_rates(result: dict) -> None:
+def print_rates(result: Analysis) -> None:
+    """Pooled rates per optimiser (regulariser off) and the spread across optimisers."""
     table = Table(
         "optimizer",
         "runs",
@@ -98,20 +105,20 @@ def print_rates(result: dict) -> None:
         "mean aligned",
         title="Misalignment by optimiser (final checkpoints, regulariser off)",
     )
-    for row in result["per_optimizer"]:
+    for row in result.per_optimizer:
         table.add_row(
-            row["optimizer"],
-            str(row["n_runs"]),
-            _pct(row["rate"]),
-            _ci(row["ci_low"], row["ci_high"]),
-            _ci(row["ci_runs_low"], row["ci_runs_high"]),
-            f"{row['n_misaligned']}/{row['n_denominator']}",
-            _pct(row["share_incoherent"]),
-            _pct(row["share_CODE"]),
-            _num(row["mean_aligned"]),
+            row.optimizer,
+            str(row.n_runs),
+            _pct(row.rate),
+            _ci(row.ci_low, row.ci_high),
+            _ci(row.ci_runs_low, row.ci_runs_high),
+            f"{row.n_misaligned}/{row.n_denominator}",
+            _pct(row.share_incoherent),
+            _pct(row.share_CODE),
+            _num(row.mean_aligned),
         )
     console.print(table)
-    s = result["spread"]
+    s = result.spread
     if s.get("ratio") is not None:
         console.print(
             f"spread: {s['max_optimizer']} {_pct(s['max_rate'])} / {s['min_optimizer']} {_pct(s['min_rate'])}"
@@ -121,11 +128,12 @@ def print_rates(result: dict) -> None:
         console.print(f"spread: - ({s['reason']})")
 
 
-def print_regressions(result: dict) -> None:
+def print_regressions(result: Analysis) -> None:
+    """Both loss fits, then per window of training progress, and where the optimiser overtakes."""
     table = Table(
         "model", "n", "params", "R^2", "adj R^2", "note", title="Mean alignment on log final training loss (OLS)"
     )
-    reg = result["regression"]
+    reg, overtake = result.regression, result.overtake
     for fit in (reg["loss_only"], reg["stratified"]):
         table.add_row(
             fit["formula"],
@@ -135,7 +143,7 @@ def print_regressions(result: dict) -> None:
             _num(fit["adj_r2"], 3),
             fit.get("reason", ""),
         )
-    for w in result["overtake"]["windows"]:
+    for w in overtake["windows"]:
         table.add_row(
             f"progress {w['progress_low']:.2f}-{w['progress_high']:.2f}: loss only / stratified",
             str(w["n"]),
@@ -145,19 +153,16 @@ def print_regressions(result: dict) -> None:
             w.get("reason") or "",
         )
     console.print(table)
-    first = result["overtake"]["first_window"]
+    first = overtake["first_window"]
     console.print(
         "optimiser overtakes loss as predictor: "
-        + (
-            f"window {first + 1} (adj R^2 gain > {result['overtake']['margin']})"
-            if first is not None
-            else "in no window"
-        )
+        + (f"window {first + 1} (adj R^2 gain > {overtake['margin']})" if first is not None else "in no window")
     )
 
 
-def print_regulariser(result: dict) -> None:
-    reg = result["regulariser"]
+def print_regulariser(result: Analysis) -> None:
+    """Paired differences of the spectral regulariser per optimiser and weight, and unpaired runs."""
+    reg = result.regulariser
     table = Table(
         "optimizer",
         "weight",
@@ -185,7 +190,7 @@ def print_regulariser(result: dict) -> None:
         )
 
 
-def print_claims(result: dict, first: dict | None = None) -> None:
+def print_claims(result: Analysis, first: Analysis | None = None) -> None:
     """The claims table, judged by `result`'s judge; with `first` (the first judgement's analysis of a
     re-judged sweep), that judge's estimate and verdict beside each row."""
     table = Table(
@@ -194,30 +199,29 @@ def print_claims(result: dict, first: dict | None = None) -> None:
     table.title = f"The study's claims (evilspectra.claims), judge {_judge_name(result)}"
     if first is not None:
         table.add_column(f"first judge ({_judge_name(first)}): this sweep / verdict")
-    before = {c["id"]: c for c in (first or {}).get("claims", [])}
-    for c in result.get("claims", []):
-        ci = c["ci"] or [None, None]  # a side may be unbounded or missing (a ratio over a rate near 0)
+    before = {c.id: c for c in first.claims} if first is not None else {}
+    for c in result.claims:
+        ci = c.ci or [None, None]  # a side may be unbounded or missing (a ratio over a rate near 0)
         cells = [
-            c["claim"],
-            c["paper"],
-            _num(c["estimate"], 3),
+            c.claim,
+            c.paper,
+            _num(c.estimate, 3),
             "-" if ci == [None, None] else f"{_num(ci[0], 3)} to {_num(ci[1], 3)}",
-            c["verdict"],
-            (c.get("stability") or {}).get("why") or "stable",
+            c.verdict,
+            (c.stability.why if c.stability else "") or "stable",
         ]
         if first is not None:
-            old = before.get(c["id"])
-            cells.append("-" if old is None else f"{_num(old['estimate'], 3)} / {old['verdict']}")
+            old = before.get(c.id)
+            cells.append("-" if old is None else f"{_num(old.estimate, 3)} / {old.verdict}")
         table.add_row(*cells)
     console.print(table)
 
 
-def _judge_name(result: dict, label: bool = True) -> str:
+def _judge_name(result: Analysis, label: bool = True) -> str:
     """The judge of an analysis (escaped: a name is not markup), with its `rejudge` label when it is a
     re-judgement and `label`."""
-    judge = result.get("judge") or {}
-    name = judge.get("name") or "?"
-    return escape(f"{name}, re-judgement {judge['label']}" if label and judge.get("label") else name)
+    name, judge_label = result.judge_name(), result.judge_label()
+    return escape(f"{name}, re-judgement {judge_label}" if label and judge_label else name)
 
 
 def _pct(x: float | None) -> str:
