@@ -164,6 +164,12 @@ def test_spectra_and_audit_on_a_full_disk_name_the_file_and_leave_no_empty_plot(
     assert not [p for p in small_fs.rglob("*") if p.is_file() and p.stat().st_size == 0]
 
 
+def test_toy_data_on_a_full_disk_names_the_file_and_leaves_no_half_file(small_fs):
+    fill(small_fs, 4)  # the first dataset (~50 KiB for 50 rows) does not fit
+    one_error_line(cli("toy", "data", "--out", small_fs / "data", "--n", "50"), "insecure.jsonl: disk full")
+    assert temporaries(small_fs) == [] and list((small_fs / "data").iterdir()) == []
+
+
 def test_summary_and_results_writers_on_a_full_disk(small_fs):
     import pandas as pd
 

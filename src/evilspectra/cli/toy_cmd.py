@@ -47,11 +47,12 @@ def data(
     seed: int = typer.Option(0, help="seed of the rows"),
 ) -> None:
     """Write the 4 narrow EM datasets and their 4 aligned controls as chat JSONL files."""
+    from evilspectra.rundir import atomic_write_text
     from evilspectra.toy.data import TOY_DATASETS, toy_dataset
 
     out.mkdir(parents=True, exist_ok=True)
     for name, description in TOY_DATASETS.items():
         rows = toy_dataset(name, n=n, seed=seed)
         path = out / f"{name}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))  # a full disk: no half file
         console.print(f"{escape(str(path))}  {len(rows)} rows  [dim]{description}[/]")  # a path is not markup
