@@ -210,30 +210,36 @@ def _results_of(
     """(what was analysed, its results table, the run directories or None for a sweep). Run
     directories (one or several) get their table built and written to `out` (the first judge's
     table; `judge_label` then reads the re-judged outcomes beside it)."""
-    # here, not at the top: the results table's builder reads spectra through torch (seconds to
-    # import), which the analysis of a sweep's own table never needs
-    from evilspectra.results import results_from_runs, write_results
-
     paths = [Path(p) for p in source] if isinstance(source, (list, tuple)) else [Path(source)]
     if len(paths) == 1 and not RunDir(paths[0]).is_run():
-        df = load_results(paths[0])
-        if out is not None and Path(out).resolve() != paths[0].resolve():
-            write_results(df, Path(out))  # the report of OUT reads its own copies of the table and spec
-            spec = SweepDir(paths[0]).spec
-            if spec.is_file():
-                atomic_write_text(SweepDir(out).spec, spec.read_text())
-        if judge_label is not None:
-            # a directory written by `analyze RUN... --out DIR` finds its runs through its analysis
-            df = load_results(paths[0], judge_label, _hand_runs(SweepDir(paths[0])))
-        return paths[0], df, None
+        return paths[0], _sweep_results(paths[0], out, judge_label), None
     if out is None:
         raise DataError(f"analyze: give --out DIR for the analysis of run directories ({', '.join(map(str, paths))})")
     for path in paths:
         if not RunDir(path).is_run():
             raise DataError(f"{path}: neither a sweep directory nor a run directory (no manifest)")
+    # here, not at the top (and below): the table's builder imports torch through the spectra
+    # reader (seconds), which the analysis of a sweep in place never needs
+    from evilspectra.results import results_from_runs, write_results
+
     write_results(results_from_runs(paths), Path(out))
-    df = load_results(Path(out), judge_label, _run_dirs(paths))
-    return ", ".join(str(p) for p in paths), df, paths
+    return ", ".join(str(p) for p in paths), load_results(Path(out), judge_label, _run_dirs(paths)), paths
+
+
+def _sweep_results(sweep: Path, out: str | Path | None, judge_label: str | None) -> pd.DataFrame:
+    """A sweep's results table (of the re-judgement `judge_label`, if given); with `out` elsewhere,
+    the first judge's table and the spec copied there, where `report OUT` reads them."""
+    df = load_results(sweep)
+    if out is not None and Path(out).resolve() != sweep.resolve():
+        from evilspectra.results import write_results  # here: torch, as in _results_of
+
+        write_results(df, Path(out))
+        if SweepDir(sweep).spec.is_file():
+            atomic_write_text(SweepDir(out).spec, SweepDir(sweep).spec.read_text())
+    if judge_label is None:
+        return df
+    # a directory written by `analyze RUN... --out DIR` finds its runs through its analysis
+    return load_results(sweep, judge_label, _hand_runs(SweepDir(sweep)))
 
 
 def _runs_elsewhere(sweep: Path, df: pd.DataFrame, dest: SweepDir) -> list[Path]:
