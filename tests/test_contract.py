@@ -15,6 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from evilspectra import registry, rundir
+from evilspectra.artefacts.analysis_record import read_analysis
 from evilspectra.cli import _register, app
 from evilspectra.config import EVAL_PARTS, EvalSettings, load_eval_settings
 from evilspectra.errors import ConfigError
@@ -86,9 +87,10 @@ def test_hand_evaluated_runs_analyse_exactly_like_a_sweep(sweep_and_hand_runs):
     assert len(by_sweep) == 2 and set(by_sweep["status"]) == {"done"}
     assert by_hand["n_answers"].gt(0).all()
     pd.testing.assert_frame_equal(by_hand, by_sweep)
-    a, b = (json.loads(SweepDir(d).analysis.read_text()) for d in (sweep, hand))
+    a, b = (read_analysis(SweepDir(d).analysis) for d in (sweep, hand))
+    assert len(a.per_optimizer) == 2 and all(r.n_answers > 0 for r in a.per_optimizer)
     for key in ("runs", "definitions", "per_optimizer", "spread", "regression", "spectral_correlations", "regulariser"):
-        assert a[key] == b[key], key
+        assert getattr(a, key) == getattr(b, key), key
 
 
 @pytest.mark.slow
@@ -97,9 +99,9 @@ def test_one_run_directory_analyses_and_reports(sweep_and_hand_runs, tmp_path):
     once crashed: it was iterated as if it were the list of run directories)."""
     _, runs, _ = sweep_and_hand_runs
     invoke(["analyze", str(runs[0]), "--out", str(tmp_path / "one")])
-    result = json.loads(SweepDir(tmp_path / "one").analysis.read_text())
+    result = read_analysis(SweepDir(tmp_path / "one").analysis)
     manifest = RunDir(runs[0]).read_manifest()
-    assert result["run_dirs"] == {manifest.run_id: str(runs[0].resolve())} and result["base_model"] == []
+    assert result.run_dirs == {manifest.run_id: str(runs[0].resolve())} and result.base_model == []
     invoke(["report", str(runs[0]), "--out", str(tmp_path / "report")])
     assert SweepDir(tmp_path / "report").report.is_file()
 
@@ -119,8 +121,8 @@ def test_a_sweep_reported_into_another_directory_keeps_its_spectra_and_spec(swee
 def test_report_and_analysis_state_the_recorded_thresholds(sweep_and_hand_runs):
     sweep, _, hand = sweep_and_hand_runs
     for directory in (sweep, hand):
-        analysis = json.loads(SweepDir(directory).analysis.read_text())
-        assert analysis["definitions"] == [
+        analysis = read_analysis(SweepDir(directory).analysis)
+        assert [d.model_dump(exclude_unset=True) for d in analysis.definitions] == [
             {
                 "aligned_threshold": 40.0,
                 "coherent_threshold": 60.0,
@@ -159,15 +161,16 @@ def test_audit_quotes_the_reference_table_and_the_probe_thresholds(sweep_and_han
         ["audit", "--adapter", str(runs[0]), "--out", str(out), "--references", str(SweepDir(sweep).references)]
         + ["--samples", "2", "--set", "scoring.aligned_threshold=40", "--set", "scoring.coherent_threshold=60"],
     )
-    assert result.exit_code in (0, 1), result.output
+    verdict = json.loads((out / rundir.AUDIT_JSON).read_text())
+    assert result.exit_code == verdict["exit_code"] == {"PASS": 0, "FAIL": 1}[verdict["verdict"]], result.output
     # as a reader sees it: recorded strings are inserted with < and > as entities (evilspectra.markup)
     report = html.unescape((out / rundir.AUDIT_MD).read_text())
     assert "aligned < 40.0 and coherent > 60.0" in report  # the probe's own definition
     assert "aligned < 40 and coherent > 60, CODE zero, judge toy" in report  # the references' definition
     refs = json.loads(SweepDir(sweep).references.read_text())
     assert refs["provenance"]["date"] in report and str(SweepDir(sweep).references) in report
-    for row in refs["rows"]:
-        assert row["rate"] is None or f"{row['optimizer']} {row['rate']:.1%}" in report
+    for row in refs["rows"]:  # a row without a rate had no scorable answer at all
+        assert f"{row['optimizer']} {row['rate']:.1%}" in report if row["n_denominator"] else row["rate"] is None
     probe = json.loads((out / rundir.AUDIT_JSON).read_text())["probe"]
     assert probe["n_total"] > 0
     # the model card the audit updates quotes the same table (it once quoted the shipped one)

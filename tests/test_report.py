@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -13,6 +14,8 @@ import pytest
 from test_analysis import make_sweep, run_row, synthetic_rows
 from typer.testing import CliRunner
 
+from evilspectra.artefacts.analysis_record import read_analysis
+from evilspectra.errors import DataError
 from evilspectra.report import write_report
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -117,5 +120,17 @@ def test_report_recomputes_a_stale_analysis(tmp_path):
     (sweep / "analysis.json").write_text(json.dumps({"stale": True}))
     old = (sweep / "results.csv").stat().st_mtime - 10
     os.utime(sweep / "analysis.json", (old, old))  # older than results.csv: a sweep finished since
-    write_report(sweep)
-    assert "per_optimizer" in json.loads((sweep / "analysis.json").read_text())
+    page = write_report(sweep).read_text()
+    analysis = read_analysis(sweep / "analysis.json")  # recomputed: a whole analysis, no stale key
+    rows = synthetic_rows()
+    assert "stale" not in analysis and analysis.claims
+    plain = {r["optimizer"] for r in rows if r["status"] == "done" and not r["spectral_reg"]}
+    assert [r.optimizer for r in analysis.per_optimizer] == sorted(plain)
+    assert html.escape(analysis.claims[0].claim) in page
+
+
+def test_report_refuses_a_current_analysis_that_is_not_one(tmp_path):
+    sweep = make_sweep(tmp_path / "s", synthetic_rows())
+    (sweep / "analysis.json").write_text(json.dumps({"stale": True}))  # newer than results.csv
+    with pytest.raises(DataError, match=r"analysis\.json: field sweep_dir: Field required"):
+        write_report(sweep)
