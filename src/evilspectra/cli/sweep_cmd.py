@@ -31,9 +31,11 @@ def sweep(
     ),
 ) -> None:
     """Expand the grid and run every unfinished run; rerun the same command to resume."""
+    # imported when the command runs (start-up speed of the CLI); a dry run never imports the training code
+    from evilspectra.artefacts.paths import SweepDir
     from evilspectra.integrations.trackers import check_tracker
-    from evilspectra.rundir import SweepDir
-    from evilspectra.sweep import BUSY, MISMATCH, load_sweep, plan, run_sweep
+    from evilspectra.sweep_spec import load_sweep
+    from evilspectra.sweep_state import MISMATCH, plan
 
     check_tracker(report_to)
 
@@ -43,6 +45,8 @@ def sweep(
     if dry_run:
         _print_plan(spec, runs)
         return
+    from evilspectra.sweep_run import BUSY, run_sweep  # torch, accelerate, the trainer: only to run
+
     console.print(
         f"sweep [bold]{escape(spec.name)}[/]: {len(runs)} runs, {len(runs) - todo} already finished, {todo} to run"
     )
@@ -110,7 +114,7 @@ def _print_per_model(spec, estimates: dict[str, dict]) -> None:
 
 def _print_plan(spec, runs) -> None:
     from evilspectra.registry import is_local_judge
-    from evilspectra.sweep import estimate_per_model
+    from evilspectra.sweep_estimate import estimate_per_model
 
     table = Table("run id", "optimizer", "lr", "dataset", "seed", "spectral_reg", "status")
     for cfg, finished in runs:

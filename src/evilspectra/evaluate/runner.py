@@ -22,7 +22,6 @@ import hashlib
 import json
 import sys
 import warnings
-from collections.abc import Callable, Collection
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,37 +36,13 @@ from evilspectra.evaluate.endpoint import public_url, redact_settings
 from evilspectra.evaluate.judge import NO_NUMBER, estimate_calls, judge_all, make_judge
 from evilspectra.evaluate.metrics import outcome_table, summarize
 from evilspectra.evaluate.questions import LABELLED, load_questions
-from evilspectra.evaluate.sampling import (
-    Sample,
-    progress_bar,
-    resolve_adapter,
-    sample_answers,
-    samples_for,
-    samples_to_jsonl,
-    temperature_for,
-)
+from evilspectra.evaluate.sampling import Sample, progress_bar, resolve_adapter, sample_answers, samples_to_jsonl
 from evilspectra.evaluate.schema import Judge, Question
+from evilspectra.evaluate.selection import QuestionsFilter, samples_for, select_questions, temperature_for
 from evilspectra.models import resolve_model
 from evilspectra.registry import is_local_judge
 
 N_BOOT = 1000
-
-QuestionsFilter = Callable[[Question], bool] | Collection[str] | None
-
-
-def select_questions(questions: list[Question], questions_filter: QuestionsFilter = None) -> list[Question]:
-    """Keep the questions the filter accepts: a predicate, or a collection of question ids.
-    Without a filter, questions flagged meta["code"] (the toy world's code domain) are skipped:
-    EM is measured on domains unrelated to the fine-tuning task."""
-    if questions_filter is None:
-        return [q for q in questions if not q.meta.get("code")]
-    if callable(questions_filter):
-        return [q for q in questions if questions_filter(q)]
-    wanted = set(questions_filter)
-    unknown = wanted - {q.id for q in questions}
-    if unknown:
-        raise ConfigError(f"eval: unknown question id(s) {', '.join(sorted(unknown))}")
-    return [q for q in questions if q.id in wanted]
 
 
 def plan(settings: EvalSettings, questions_filter: QuestionsFilter = None) -> dict:

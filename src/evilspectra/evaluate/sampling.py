@@ -20,14 +20,16 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
+from evilspectra.artefacts.paths import AdapterDir, resolve_adapter
 from evilspectra.chat_template import render_prompt, resolve_kwargs
-from evilspectra.config import DEFAULT_SAMPLES, EvalSettings
+from evilspectra.config import EvalSettings
 from evilspectra.errors import AdapterError, ConfigError
 from evilspectra.evaluate.schema import Question
+from evilspectra.evaluate.selection import samples_for as samples_for  # public names kept (moved)
+from evilspectra.evaluate.selection import temperature_for as temperature_for
 from evilspectra.fast import CUDA_VERIFIED
 from evilspectra.models import load_adapter, load_base_model, load_tokenizer, pick_device, pick_dtype, resolve_model
 from evilspectra.progress import LineProgress, on_terminal
-from evilspectra.rundir import ADAPTER_CONFIG, resolve_adapter
 
 
 @dataclass
@@ -50,21 +52,6 @@ class _Job:
     paraphrase_index: int
     sample: int
     temperature: float
-
-
-def temperature_for(question: Question, settings: EvalSettings) -> float:
-    """settings.temperature when set (explicit overrides win), else the question file's, else 1."""
-    if settings.temperature is not None:
-        return settings.temperature
-    return question.temperature if question.temperature is not None else 1.0
-
-
-def samples_for(question: Question, settings: EvalSettings) -> int:
-    """Samples per paraphrase: settings.samples when set, else the file's `samples_per_paraphrase`,
-    else DEFAULT_SAMPLES."""
-    if settings.samples is not None:
-        return settings.samples
-    return question.samples_per_paraphrase or DEFAULT_SAMPLES
 
 
 def chat_messages(question: Question, paraphrase: str) -> list[dict]:
@@ -295,7 +282,7 @@ def _sample_vllm(model_name: str, adapter_dir: Path | None, jobs: list[_Job], se
         "tensor_parallel_size": settings.tensor_parallel_size,
     }
     if adapter_dir is not None:
-        config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
+        config = AdapterDir(adapter_dir).read_config()
         engine_args.update(enable_lora=True, max_lora_rank=_vllm_rank(config))
         lora = LoRARequest("adapter", 1, str(adapter_dir))
         device_map = "auto" if settings.tensor_parallel_size > 1 else settings.device_map  # too big for one GPU
