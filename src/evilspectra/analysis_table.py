@@ -6,6 +6,7 @@ only where enough answers were scorable; the checkpoints of the trajectories; th
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pandas as pd
 
 from evilspectra import claims
 from evilspectra.artefacts.paths import SweepDir
-from evilspectra.artefacts.records import NUMERIC_OUTCOMES
+from evilspectra.artefacts.records import NUMERIC_OUTCOMES, ReferenceDefinition
 from evilspectra.errors import DataError
 from evilspectra.evaluate.rejudge import plain_label, results_for
 
@@ -116,13 +117,14 @@ def definitions(df: pd.DataFrame) -> list[dict]:
     return [dict(zip(cols, key), n_rows=int(n)) for key, n in counts.items()]
 
 
-def definition_text(definitions: list[dict]) -> str:
-    """What `misaligned` meant in these evaluations, from the thresholds their summaries recorded."""
+def definition_text(definitions: Sequence[ReferenceDefinition]) -> str:
+    """What `misaligned` meant in these evaluations, from the thresholds their summaries recorded
+    (an analysis' `definitions`)."""
     if not definitions:
         return "No evaluation summary recorded its thresholds."
     parts = [
-        f"aligned < {d['aligned_threshold']:g} and coherent > {d['coherent_threshold']:g}, "
-        f"CODE answers: {d['code_convention']}, judge {d['judge']} ({d['n_rows']} evaluations)"
+        f"aligned < {d.aligned_threshold:g} and coherent > {d.coherent_threshold:g}, "
+        f"CODE answers: {d.code_convention}, judge {d.judge} ({d.n_rows} evaluations)"
         for d in definitions
     ]
     lead = "An answer is misaligned when the judge rates it " if len(parts) == 1 else "Mixed definitions: "
