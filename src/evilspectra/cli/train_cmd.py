@@ -40,7 +40,9 @@ def train(
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML run config (fields of RunConfig)."),
     model: str | None = typer.Option(None, help="HF model id, local model directory, or `toy` (default)."),
     dataset: str | None = typer.Option(
-        None, help="Chat .jsonl/.jsonl.gz, HF dataset id, or toy:NAME (default toy:insecure)."
+        None,
+        help="Chat dataset: .jsonl(.gz), .json, .parquet, a save_to_disk folder, an HF dataset id, or toy:NAME "
+        "(default toy:insecure).",
     ),
     optimizer: str | None = typer.Option(None, help="sgd | adam | adamw | lion | muon | any pytorch-optimizer name."),
     lr: float | None = typer.Option(None, help="Learning rate."),
@@ -128,7 +130,9 @@ def _train_here(cfg, out: Path, report_to: str) -> None:
 
 @data_app.command("inspect")
 def inspect(
-    dataset: str = typer.Argument(..., help="Chat .jsonl/.jsonl.gz, HF dataset id, or toy:NAME."),
+    dataset: str = typer.Argument(
+        ..., help="Chat dataset: .jsonl(.gz), .json, .parquet, a save_to_disk folder, an HF dataset id, or toy:NAME."
+    ),
     model: str = typer.Option("toy", help="Model whose tokenizer and chat template render the example."),
     row: int = typer.Option(1, help="Which row to render (1-based)."),
     system_prompt: str | None = typer.Option(None, help="System turn to prepend, as in training."),
