@@ -37,4 +37,6 @@ def resolve_kwargs(tok: PreTrainedTokenizerBase, given: dict[str, Any] | None) -
 
 def render_prompt(tok: PreTrainedTokenizerBase, messages: list[dict], kwargs: dict[str, Any]) -> str:
     """The exact text given to the model before its answer (chat + generation prompt + template scaffold)."""
-    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+    assert isinstance(text, str)  # tokenize=False: the rendered text, not token ids
+    return text

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -138,7 +139,7 @@ def flattest(inputs: ClaimInputs, name: str = "muon") -> stats.Test:
     return out
 
 
-def _pair_values(inputs: ClaimInputs, mask: np.ndarray, column: str) -> np.ndarray:
+def _pair_values(inputs: ClaimInputs, mask: pd.Series, column: str) -> np.ndarray:
     rows = inputs.pairs[mask]
     idx, _ = inputs.rows(rows["seed_index"].to_numpy(int))
     return rows[column].to_numpy(float)[idx]
@@ -376,7 +377,9 @@ def build(
     )
 
 
-def _by_seed(table: pd.DataFrame, value: str, seeds: np.ndarray, agg: str = "mean") -> dict[str, np.ndarray]:
+def _by_seed(
+    table: pd.DataFrame, value: str, seeds: np.ndarray, agg: Literal["mean", "sum", "count"] = "mean"
+) -> dict[str, np.ndarray]:
     """optimiser -> per-seed `agg` of `value`, aligned with `seeds` (mean: NaN where the seed has
     none; count and sum: 0)."""
     if table.empty or value not in table:
@@ -393,7 +396,10 @@ def _pair_answers(pairs: pd.DataFrame, final: pd.DataFrame) -> pd.DataFrame:
         return pairs.assign(answers=0.0)
     scored = final.set_index(final["run_id"].astype(str))["n_denominator"].fillna(0)
     scored = scored[~scored.index.duplicated()]
-    n = lambda col: pairs[col].astype(str).map(scored).fillna(0)  # noqa: E731
+
+    def n(col: str) -> pd.Series:
+        return pairs[col].astype(str).map(scored).fillna(0)
+
     return pairs.assign(answers=n("run_id") + n("baseline_run_id"))
 
 

@@ -144,7 +144,11 @@ class ScoringSettings(_Strict):
 # Fields added after evaluations were recorded: left out of the dump at their default, so a finished
 # evaluation's recorded settings still match (sweep resume compares them)
 _ADDED_EVAL_DEFAULTS = {"convention": None, "judge_max_retries": 6, "judge_backoff": 1.0}
-EVAL_PARTS = {"sampling": SamplingSettings, "judging": JudgingSettings, "scoring": ScoringSettings}
+EVAL_PARTS: dict[str, type[BaseModel]] = {
+    "sampling": SamplingSettings,
+    "judging": JudgingSettings,
+    "scoring": ScoringSettings,
+}
 
 
 _P = TypeVar("_P", bound=BaseModel)

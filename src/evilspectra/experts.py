@@ -18,7 +18,12 @@ the innermost wrapping the parameter registered first (gate_up_proj, then down_p
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from peft.tuners.lora.layer import ParamWrapper
 
 # registration order of fused expert parameters in transformers' MoE experts modules (innermost first)
 FUSED_ORDER = ("gate_up_proj", "gate_proj", "up_proj", "down_proj")
@@ -40,7 +45,7 @@ def expert_views(t: torch.Tensor, factor: str, num_experts: int) -> list[torch.T
     return list(t.view(t.shape[0], -1, num_experts).unbind(-1))
 
 
-def expert_wrappers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+def expert_wrappers(model: torch.nn.Module) -> dict[str, ParamWrapper]:
     """{module name: PEFT ParamWrapper} of every LoRA on a fused expert parameter (num_experts > 1)."""
     from peft.tuners.lora.layer import ParamWrapper
 
@@ -53,11 +58,11 @@ def expert_wrappers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 def expert_layouts(model: torch.nn.Module) -> dict[torch.nn.Parameter, tuple[str, int]]:
     """{LoRA factor parameter: ("A" or "B", number of experts)} of every fused-expert LoRA of `model`."""
-    layouts = {}
+    layouts: dict[torch.nn.Parameter, tuple[str, int]] = {}
     for wrapper in expert_wrappers(model).values():
         for adapter in wrapper.lora_A:
-            layouts[wrapper.lora_A[adapter].weight] = ("A", wrapper.num_experts)
-            layouts[wrapper.lora_B[adapter].weight] = ("B", wrapper.num_experts)
+            layouts[wrapper.lora_A[adapter].get_parameter("weight")] = ("A", wrapper.num_experts)
+            layouts[wrapper.lora_B[adapter].get_parameter("weight")] = ("B", wrapper.num_experts)
     return layouts
 
 

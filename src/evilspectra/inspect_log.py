@@ -35,7 +35,7 @@ from inspect_ai.log import (
     HeadlineMetric,
     write_eval_log,
 )
-from inspect_ai.model import ChatMessageAssistant, ChatMessageSystem, ChatMessageUser, ModelOutput
+from inspect_ai.model import ChatMessage, ChatMessageAssistant, ChatMessageSystem, ChatMessageUser, ModelOutput
 from inspect_ai.scorer import Score
 
 from evilspectra import rundir
@@ -157,7 +157,7 @@ def _metrics(summary: dict) -> tuple[dict[str, EvalMetric], str | None]:
 
 def _sample(record: dict, model: str, system: str | None) -> EvalSample:
     """One answer as an Inspect sample: the chat, the answer as output, the judge's Score."""
-    prompt = [ChatMessageSystem(content=system)] if system else []
+    prompt: list[ChatMessage] = [ChatMessageSystem(content=system)] if system else []
     prompt.append(ChatMessageUser(content=record["paraphrase"]))
     answer = record["answer"]
     return EvalSample(

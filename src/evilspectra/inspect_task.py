@@ -23,6 +23,7 @@ Task arguments (-T name=value) are EvalSettings fields (config.py). inspect_ai i
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from inspect_ai import Task, task
@@ -31,6 +32,7 @@ from inspect_ai.model import ChatMessageSystem, ChatMessageUser
 from inspect_ai.scorer import Metric, SampleScore, Score, Scorer, Target, metric, scorer
 from inspect_ai.solver import Generate, Solver, TaskState, solver
 
+from evilspectra.artefacts.records import EvalSummary
 from evilspectra.config import EvalSettings, validate_model
 from evilspectra.evaluate.judge import make_judge
 from evilspectra.evaluate.metrics import CONVENTIONS, OUTCOMES, outcome_table, summarize
@@ -179,7 +181,7 @@ def record_of(score: Score, answer: str) -> dict:
     return {**{k: meta.get(k) for k in keys}, "labels": meta.get("labels"), "answer": answer}
 
 
-def flat_metrics(summary: dict) -> dict[str, float | None]:
+def flat_metrics(summary: EvalSummary | Mapping[str, Any]) -> dict[str, float | None]:
     """The summary's headline numbers, outcome counts and shares, per-convention rates and label
     counts, as one flat name -> number mapping (the Inspect metric values)."""
     flat: dict[str, float | None] = {

@@ -77,7 +77,8 @@ def load_base_model(
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"model: cannot load {name!r}: {exc}") from exc
-    return model if device_map else model.to(device)
+    # transformers declares `to` through functools.wraps(nn.Module.to), which mypy binds as if `device` were self
+    return model if device_map else model.to(device)  # type: ignore[arg-type]
 
 
 LANGUAGE_MODEL = "language_model"  # transformers' name for the text decoder of multimodal checkpoints
@@ -112,7 +113,7 @@ def lora_config(settings: LoraSettings, targets: dict) -> LoraConfig:
     """PEFT LoraConfig of `settings` on `targets` (lora_targets of the model)."""
     return LoraConfig(
         r=settings.r,
-        lora_alpha=settings.alpha,
+        lora_alpha=settings.alpha,  # type: ignore[arg-type]  # PEFT declares an int; scaling takes any float
         lora_dropout=settings.dropout,
         use_rslora=settings.use_rslora,
         target_modules=targets["target_modules"],

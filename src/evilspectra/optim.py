@@ -98,16 +98,17 @@ def build_optimizer(
         )
     if cls is torch.optim.Muon:
         kwargs.pop("ns_dtype", None)  # bfloat16: torch's own chain
-    params: list = list(params)
+    tensors = list(params)
+    groups: list[torch.nn.Parameter] | list[dict[str, Any]] = tensors
     if cfg.name.lower() in ("muon", "muon_batched"):
-        bad = [tuple(p.shape) for p in params if p.ndim != 2]
+        bad = [tuple(p.shape) for p in tensors if p.ndim != 2]
         if bad:
             raise ConfigError(f"optimizer.name: muon accepts only 2-D parameters, got shapes {bad[:3]}")
-        params = _expert_groups(params, experts or {})
-        if cls is torch.optim.Muon and len(params) > 1:
+        groups = _expert_groups(tensors, experts or {})
+        if cls is torch.optim.Muon and len(groups) > 1:
             cls = _expert_muon()
     try:
-        return cls(params, **kwargs)
+        return cls(groups, **kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"optimizer: {cls.__name__} rejected the hyperparameters {kwargs}: {exc}") from exc
 
@@ -122,8 +123,8 @@ def _accepted(cls: type) -> list[str]:
     """The hyperparameters `cls` takes ("kwargs" among them: any). Both Muons take torch.optim.Muon's
     and `ns_dtype` (BatchedMuon passes the rest on to torch's; for torch's own it must be bfloat16)."""
     muon = issubclass(cls, torch.optim.Muon)
-    names = inspect.signature((torch.optim.Muon if muon else cls).__init__).parameters
-    return [p for p in names if p not in {"self", "params"}] + (["ns_dtype"] if muon else [])
+    names = inspect.signature(torch.optim.Muon if muon else cls).parameters  # a class: its __init__'s, less self
+    return [p for p in names if p != "params"] + (["ns_dtype"] if muon else [])
 
 
 def _expert_groups(params: list, experts: dict) -> list[dict]:

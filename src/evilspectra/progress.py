@@ -20,7 +20,8 @@ class LineProgress:
     """rich.progress.Progress's task calls, reported as plain lines: `label 12/120 (10%) loss 0.41 0:00:31`."""
 
     def __init__(self, every: float = EVERY_SECONDS) -> None:
-        self.every, self.tasks = every, []
+        self.every = every
+        self.tasks: list[dict[str, Any]] = []
 
     def __enter__(self) -> LineProgress:
         return self

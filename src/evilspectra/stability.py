@@ -15,6 +15,8 @@ the full table's, to keep the check to seconds.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from evilspectra.claim_inputs import ClaimInputs
@@ -29,7 +31,12 @@ def check(inputs: ClaimInputs, rows: list, verdicts: dict[str, str], resamples: 
     seeds = inputs.seeds
     n = len(seeds)
     if n < 3:  # leaving one of two seeds out leaves no interval: nothing to compare
-        unchecked = {"leave_one_seed_out": {}, "resample_agreement": None, "n_resamples": 0, "fragile": False}
+        unchecked: dict[str, Any] = {
+            "leave_one_seed_out": {},
+            "resample_agreement": None,
+            "n_resamples": 0,
+            "fragile": False,
+        }
         return {key: unchecked | {"why": f"not checked: {n} seed(s), 3 needed"} for key in verdicts}
     loo = {
         _label(s): table_verdicts(inputs.with_counts(np.arange(n) != i, INNER_BOOT), rows) for i, s in enumerate(seeds)

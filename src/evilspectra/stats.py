@@ -112,7 +112,7 @@ def tost(diffs: np.ndarray, margin: float, alpha: float = ALPHA) -> Test:
     """
     base = paired_t(diffs, alpha=alpha)
     out = Test(base.estimate, base.ci, None, base.n, base.sd, f"TOST +/-{margin:g}, {base.method}")
-    if base.n < 2 or base.sd is None:
+    if base.estimate is None or base.sd is None:  # fewer than 2 units
         return out
     if base.sd == 0:
         out.p = 0.0 if abs(base.estimate) < margin else 1.0

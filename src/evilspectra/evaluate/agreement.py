@@ -123,11 +123,11 @@ def rate_difference(class_a: pd.Series, class_b: pd.Series, n_boot: int = N_BOOT
         boot = np.hstack(num) / np.hstack(dem)  # (2, n_boot)
     diff = boot[1] - boot[0]
     ci = np.nanpercentile(diff, [2.5, 97.5]).tolist() if np.isfinite(diff).any() else [None, None]
-    finite = [None if np.isnan(r) else float(r) for r in rate]
+    rate_a, rate_b = (None if np.isnan(r) else float(r) for r in rate)
     return {
-        "rate_a": finite[0],
-        "rate_b": finite[1],
-        "difference": None if None in finite else finite[1] - finite[0],
+        "rate_a": rate_a,
+        "rate_b": rate_b,
+        "difference": None if rate_a is None or rate_b is None else rate_b - rate_a,
         "ci95": ci,
         "method": f"paired percentile bootstrap over answers, {n_boot} resamples, seed {seed}; each judge's "
         "rate over its own denominator (coherent scored answers)",

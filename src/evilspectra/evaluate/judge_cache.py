@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from evilspectra.evaluate.schema import Verdict
 from evilspectra.rundir import DiskFullError
 
 _SCHEMA = """
@@ -63,7 +64,7 @@ class CachedCall:
     """One stored judge call: its score (None if no score) and verdict, or a free-form reply `text`."""
 
     score: float | None
-    verdict: str
+    verdict: Verdict  # never "error": only successful calls are cached
     top_logprobs: dict[str, float]
     text: str | None = None
 

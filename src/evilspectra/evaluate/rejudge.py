@@ -32,6 +32,7 @@ from evilspectra.rundir import (
     REJUDGE_SEP,
     STEP_DIR,
     EvalDir,
+    EvalSummary,
     RunDir,
     SweepDir,
     atomic_write_file,
@@ -58,7 +59,7 @@ def judge_label(judge: str) -> str:
     return re.sub(r"[^A-Za-z0-9._]+", "-", judge).strip("-.") or "judge"
 
 
-def rejudge_eval(source: Path, target: Path, judging: dict, progress: bool = True) -> dict:
+def rejudge_eval(source: Path, target: Path, judging: dict, progress: bool = True) -> EvalSummary:
     """Judge `source`'s samples with the judge of `judging` (JudgingSettings fields) into `target`.
 
     Returns the target's summary; raises ConfigError when `source` has no samples or summary.
@@ -106,7 +107,7 @@ def rejudge_targets(path: Path, label: str) -> list[tuple[EvalDir, EvalDir, RunD
         return [(EvalDir(path), rejudged(EvalDir(path), label), None)]
     sweep = SweepDir(path)
     runs = [RunDir(p) for p in sorted(sweep.runs_root.iterdir())] if sweep.runs_root.is_dir() else [RunDir(path)]
-    found = []
+    found: list[tuple[EvalDir, EvalDir, RunDir | None]] = []
     for run in runs:
         for name in run.eval_labels():
             if REJUDGE_SEP not in name:

@@ -95,7 +95,8 @@ class StaticGenerator:
             if warpers is None:
                 token = scores.argmax(-1)
             else:  # temperature and top-p do not read the sequence, so the prompt stands in for it
-                probs = torch.softmax(warpers(input_ids, scores), dim=-1)
+                # transformers annotates input_ids as the legacy torch.LongTensor class; any int64 tensor is one
+                probs = torch.softmax(warpers(input_ids, scores), dim=-1)  # type: ignore[arg-type]
                 token = torch.multinomial(probs, num_samples=1).squeeze(1)
             token = torch.where(running, token, pad_token_id)
             out.append(token)

@@ -115,9 +115,10 @@ class BatchedMuon(torch.optim.Muon):
 def split_experts(group: dict, *tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], ...]:
     """Each list of tensors (params, grads, buffers) with every fused expert factor replaced by its
     per-expert views, in the same order across lists; unchanged for a group without `num_experts`."""
-    n, factor = group.get("num_experts", 1), group.get("expert_factor")
+    n = group.get("num_experts", 1)
     if n == 1:
         return tensors
+    factor = group["expert_factor"]
     return tuple([view for t in ts for view in expert_views(t, factor, n)] for ts in tensors)
 
 
