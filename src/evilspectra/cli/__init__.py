@@ -54,7 +54,9 @@ def _complete_help() -> None:
     from typer.core import TyperOption
 
     display_type = TyperOption.display_type_rich
-    TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag or self.count else display_type(self, ctx)
+    TyperOption.display_type_rich = (  # type: ignore[method-assign]  # typer has no hook for a flag's type
+        lambda self, ctx: None if self.is_flag or self.count else display_type(self, ctx)
+    )
     make_text = rich_utils._make_rich_text
 
     def folded_text(*args, **kwargs):
