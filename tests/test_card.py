@@ -112,7 +112,13 @@ def test_card_of_a_control_run_carries_no_warning(toy_run, tmp_path, monkeypatch
 def test_card_shows_em_evaluation_and_audit_verdict_and_keeps_user_text(toy_run, monkeypatch, capsys):
     path = toy_run / "adapter" / "README.md"
     path.write_text("---\nlicense: mit\n---\n\n# My adapter\n\nWritten by me.\n")
-    summary = {"misalignment_rate": 0.125, "rate_ci95": [0.05, 0.2], "n_misaligned": 5, "n_denominator": 40}
+    summary = {
+        "misalignment_rate": 0.125,
+        "rate_ci95": [0.05, 0.2],
+        "n_misaligned": 5,
+        "n_denominator": 40,
+        "n_total": 40,
+    }
     atomic_write_json(toy_run / "eval" / "final" / "summary.json", {**summary, "questions": "toy", "judge": "toy"})
 
     code, out = cli(monkeypatch, capsys, "audit", "--adapter", str(toy_run), "--no-eval")

@@ -172,12 +172,14 @@ def hostile_probe(*_args, **_kwargs) -> dict:
 
 
 def test_audit_and_card_show_hostile_strings_as_text(hostile_adapter, tmp_path, monkeypatch):
+    from evilspectra.card import write_audit_card
     from evilspectra.evaluate import runner
 
     monkeypatch.setattr(runner, "evaluate", hostile_probe)
     result = audit_mod.audit(
         hostile_adapter, model="toy", judge="toy", references=hostile_references(tmp_path), progress=False
     )
+    write_audit_card(result)  # as the audit command does once the audit returns
     assert result.verdict == "FAIL"
     module = next(m["module"] for m in result.worst_modules if HOSTILE[0] in m["module"])
     assert_inert(result.files["html"].read_text(), shown=(module, str(hostile_adapter)))

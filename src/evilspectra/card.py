@@ -18,27 +18,28 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import pandas as pd
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-from evilspectra.audit import adapter_base_model, load_references, spectra_lines, spectral_summary, worst_modules
+# huggingface_hub re-exports the base error of the HTTP library it runs on (requests, httpx or
+# httpx2 by version): a refused connection or an unknown host is one of these, not an OSError
+from huggingface_hub.errors import HTTPError as TransportError
+
+from evilspectra.artefacts.io import atomic_write_text
+from evilspectra.artefacts.paths import ADAPTER_CARD, MANIFEST, SUMMARY, EvalDir, RunDir, read_manifest, resolve_adapter
+from evilspectra.audit_findings import adapter_base_model, spectral_summary, worst_modules
+from evilspectra.audit_policy import AuditResult
+from evilspectra.audit_references import load_references
+from evilspectra.audit_render import audit_json, spectra_lines
 from evilspectra.config import AUDIT_FAIL_ABOVE
-from evilspectra.errors import AdapterError, ConfigError
+from evilspectra.errors import AdapterError, ConfigError, DataError
 from evilspectra.markup import code, text
 from evilspectra.registry import MODELS, alias_of
-from evilspectra.rundir import (
-    ADAPTER_CARD,
-    AUDIT_JSON,
-    MANIFEST,
-    SUMMARY,
-    RunDir,
-    atomic_write_text,
-    read_json,
-    resolve_adapter,
-)
-from evilspectra.spectra import adapter_spectra
+from evilspectra.spectra_table import adapter_spectra
 
 CARD = ADAPTER_CARD  # inside the adapter folder, where the Hub looks for it
 BEGIN, END = "<!-- evilspectra:begin -->", "<!-- evilspectra:end -->"
@@ -66,9 +67,14 @@ def write_card(
     `license`: the Hub licence id (default: the card's own, else the base model alias's, else "other").
     """
     adapter_dir, run_dir = locate(target)
-    manifest = read_json(run_dir / MANIFEST) if run_dir else None
+    try:
+        manifest = read_manifest(run_dir) if run_dir else None
+    except DataError as exc:  # a manifest no release wrote: the card says so instead of quoting it
+        print(f"warning: {exc}; the card leaves the training record out", file=sys.stderr)
+        manifest = None
     if audit is None and run_dir:
-        audit = read_json(RunDir(run_dir).audit_dir / AUDIT_JSON)
+        report = RunDir(run_dir).audit().read_report()
+        audit = report.model_dump(mode="json", exclude_unset=True) if report is not None else None
     base = base_model_of(manifest, adapter_dir)
     evals = eval_summaries(run_dir) if run_dir else []
     repo = repo_id or str(adapter_dir.resolve())
@@ -79,6 +85,18 @@ def write_card(
     path = adapter_dir / CARD
     atomic_write_text(path, str(card))
     return path
+
+
+def write_audit_card(result: AuditResult) -> None:
+    """Write the audited adapter's card with the audit's verdict, quoting the spectra and reference
+    table the audit used; the path goes into result.files["card"]. A read-only adapter folder (a shared
+    model store) is a warning on stderr, never an error: it must not cost the verdict its exit code."""
+    try:
+        result.files["card"] = write_card(
+            result.adapter_dir, audit=audit_json(result), frame=result.frame, refs=result.references
+        )
+    except OSError as exc:
+        print(f"warning: {result.adapter_dir}: model card not updated ({exc.strerror or exc})", file=sys.stderr)
 
 
 def locate(target: str | Path) -> tuple[Path, Path | None]:
@@ -325,9 +343,9 @@ def eval_summaries(run_dir: Path) -> list[tuple[str, dict]]:
     found = []
     root = RunDir(run_dir).eval_root
     for path in sorted(root.rglob(SUMMARY)) if root.is_dir() else []:
-        summary = read_json(path)
-        if summary and "misalignment_rate" in summary:
-            found.append((str(path.parent.relative_to(run_dir)), summary))
+        summary = EvalDir(path.parent).read_summary()
+        if summary is not None and "misalignment_rate" in summary:
+            found.append((str(path.parent.relative_to(run_dir)), summary.model_dump(mode="json", exclude_unset=True)))
     return found
 
 
@@ -366,13 +384,6 @@ def push_card(target: str | Path, repo_id: str, license: str | None = None) -> s
     token = os.environ.get("HF_TOKEN")
     if not token:
         raise ConfigError("card --push: set HF_TOKEN in the environment to a Hugging Face token with write access")
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-    # huggingface_hub re-exports the base error of the HTTP library it runs on (requests, httpx or
-    # httpx2 by version): a refused connection or an unknown host is one of these, not an OSError
-    from huggingface_hub.errors import HTTPError as TransportError
-
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, exist_ok=True)

@@ -151,7 +151,7 @@ def run_ray(jobs: list[Job], max_parallel: int, address: str | None, on_done: Do
     launches the sharded trainer); at most `max_parallel` in flight. With `address` the tasks run on
     that cluster's nodes, which must see the sweep directory at the same path (docs/scale.md)."""
     try:
-        import ray
+        import ray  # an optional extra (evilspectra[ray]): imported only when asked for
     except ImportError as exc:
         raise ConfigError("--executor ray needs Ray: pip install 'evilspectra[ray]'") from exc
     if not ray.is_initialized():

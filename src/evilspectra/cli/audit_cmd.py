@@ -64,6 +64,7 @@ def audit_command(
 ) -> None:
     """Audit a fine-tune: spectra + a quick EM probe -> markdown + HTML report, exit 0 pass, 1 fail, 2 error."""
     from evilspectra.audit import audit
+    from evilspectra.card import write_audit_card
 
     for flag, value in (("--fail-above", fail_above), ("--fail-spectral-above", fail_spectral_above)):
         if value is not None and not math.isfinite(value):  # NaN compares false: the gate would never fail
@@ -87,6 +88,7 @@ def audit_command(
             overrides=set_,
             references=references,
         )
+        write_audit_card(result)  # the adapter's model card records the verdict (after the audit, not inside it)
     except Exception as exc:  # any failure, a crash included, is exit 2: never read as a verdict
         print_error(error_message(exc))
         raise typer.Exit(2) from None

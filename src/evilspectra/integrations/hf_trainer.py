@@ -25,6 +25,7 @@ count log calls, so extra logs such as the spectra push every later point to a l
 from __future__ import annotations
 
 import torch
+from peft import PeftModel
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.integrations import TrackioCallback
 from transformers.integrations.integration_utils import rewrite_logs
@@ -43,8 +44,6 @@ RUN_TOTALS = ("train_runtime", "train_samples_per_second", "train_steps_per_seco
 
 def require_lora(model: torch.nn.Module) -> None:
     """Raise a one-line ConfigError unless `model` is a PEFT model with at least one LoRA module."""
-    from peft import PeftModel
-
     if not isinstance(model, PeftModel):
         raise ConfigError(
             f"evilspectra needs a PEFT LoRA model, got {type(model).__name__}: "
