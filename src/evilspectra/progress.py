@@ -12,6 +12,8 @@ import sys
 import time
 from typing import Any
 
+from rich.progress import TaskID
+
 EVERY_SECONDS = 30.0
 TENTHS = 10  # a line each time another tenth of the total is done
 
@@ -29,18 +31,18 @@ class LineProgress:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def add_task(self, description: str, total: float | None = None, **fields: Any) -> int:
+    def add_task(self, description: str, total: float | None = None, **fields: Any) -> TaskID:
         now = time.monotonic()
         task = {"label": description, "total": total, "done": 0, "fields": fields, "t0": now, "shown": now}
         self.tasks.append({**task, "tenths": 0})  # tenths of the total already reported
-        return len(self.tasks) - 1
+        return TaskID(len(self.tasks) - 1)
 
-    def advance(self, task_id: int, advance: float = 1) -> None:
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
         self.update(task_id, advance=advance)
 
     def update(
         self,
-        task_id: int,
+        task_id: TaskID,
         completed: float | None = None,
         total: float | None = None,
         advance: float | None = None,
