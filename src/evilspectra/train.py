@@ -42,7 +42,7 @@ from evilspectra.artefacts.paths import RunDir
 from evilspectra.artefacts.records import Manifest
 from evilspectra.chat_template import resolve_kwargs
 from evilspectra.config import RunConfig
-from evilspectra.data import ChatDataset, collate, encode_dataset_cached, load_dataset_spec
+from evilspectra.data import IGNORE, ChatDataset, collate, encode_dataset_cached, load_dataset_spec
 from evilspectra.errors import ConfigError, DataError
 from evilspectra.experts import expert_layouts, expert_wrappers
 from evilspectra.integrations import trackers
@@ -81,7 +81,7 @@ def sft_loss_sum(model, batch: dict[str, torch.Tensor], fused: bool = False) -> 
     return torch.nn.functional.cross_entropy(
         shift_logits.reshape(-1, shift_logits.size(-1)),
         shift_labels.reshape(-1),
-        ignore_index=-100,
+        ignore_index=IGNORE,
         reduction="sum",
     )
 
@@ -276,7 +276,7 @@ def _train_loop(cfg: RunConfig, setup: _Setup, out: Path, accelerator: Accelerat
     try:
         for step in range(1, steps + 1):
             micro = [[encoded[next(order)] for _ in range(cfg.train.batch_size)] for _ in range(cfg.train.grad_accum)]
-            n_loss_tokens = sum(sum(l != -100 for l in e["labels"][1:]) for mb in micro for e in mb)
+            n_loss_tokens = sum(sum(l != IGNORE for l in e["labels"][1:]) for mb in micro for e in mb)
             loss_total, step_tokens = 0.0, 0
             for k, mb in enumerate(micro):
                 batch = {key: t.to(device) for key, t in collate(mb[rank::world], tok.pad_token_id).items()}

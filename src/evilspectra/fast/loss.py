@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from evilspectra.data import IGNORE  # the one label of tokens without loss
 from evilspectra.errors import ConfigError
-
-IGNORE = -100
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
