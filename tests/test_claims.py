@@ -141,6 +141,10 @@ def test_a_rate_far_above_a_rate_near_zero_contradicts_a_ratio_below_one():
     assert lo > 1 and hi == math.inf
     row = table(inputs({"adam": adam, "lion": lion}, seeds=8))["order_adam_lion"]
     assert row["verdict"] == CONTRADICTED, row
+    # the other way round the set is bounded; the negative ratios it holds are cut (Muon / Adam)
+    lo, hi = stats.fieller_ratio(lion, adam).ci
+    assert lo < 0 < hi
+    assert stats.fieller_ratio(lion, adam, nonnegative=True).ci == [0.0, hi]
     # two rates both near 0: no ratio is excluded, the set is all of [0, inf)
     both = stats.fieller_ratio(np.array([0.006, 0, 0, 0, 0.006, 0, 0, 0.008]), lion, nonnegative=True)
     assert both.ci == [0.0, math.inf]

@@ -68,7 +68,7 @@ def fieller_ratio(x: np.ndarray, y: np.ndarray, alpha: float = ALPHA, nonnegativ
 
     When mean(y) is not distinguishable from 0, Fieller's confidence set is unbounded: the whole
     line, or the line minus the open interval between the two roots. With `nonnegative` (x and y
-    are rates, so the ratio is >= 0) the set is cut to [0, inf): [upper root, inf) when the lower
+    are rates, so the ratio is >= 0) every set is cut to [0, inf): [upper root, inf) when the lower
     root is negative (the data exclude every ratio below it: e.g. a numerator far above a
     denominator near 0), else [0, inf) (the hull of what is left)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
@@ -92,6 +92,8 @@ def fieller_ratio(x: np.ndarray, y: np.ndarray, alpha: float = ALPHA, nonnegativ
     if a > 0 and disc >= 0:
         root = math.sqrt(disc)
         out.ci = [float((b - root) / a), float((b + root) / a)]
+        if nonnegative:  # a rate's ratio is never below 0
+            out.ci[0] = max(out.ci[0], 0.0)
     else:  # the denominator's mean is not distinguishable from 0: no bounded interval exists
         out.ci = [-math.inf, math.inf]
         out.extra["reason"] = "the denominator's mean is within its own interval of 0: unbounded Fieller interval"
