@@ -1,5 +1,5 @@
 """The audit's report in three forms: one page of markdown, the same as self-contained HTML, and the
-machine-readable AuditReport (audit.json), written with the spectra plot and table into the audit folder."""
+machine-readable AuditReport (AuditDir.report), written with the spectra plot and table into the audit folder."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def audit_report(result: AuditResult) -> AuditReport:
 
 
 def audit_json(result: AuditResult) -> dict:
-    """audit_report(result) as the dict audit.json holds."""
+    """audit_report(result) as the dict its file (AuditDir.report) holds."""
     return audit_report(result).model_dump(mode="json", exclude_unset=True)
 
 
