@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 from evilspectra import registry
 from evilspectra.chat_template import render_prompt, resolve_kwargs
@@ -254,6 +254,7 @@ def encode_chat(
         enc = tok.apply_chat_template(
             messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, **kwargs
         )
+        assert isinstance(enc, BatchEncoding)  # return_dict=True: the encoding, not a text or bare ids
         ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
     else:
         ids, mask = _encode_by_prefix(tok, messages, kwargs)
@@ -262,14 +263,21 @@ def encode_chat(
     return {"input_ids": ids, "labels": labels}
 
 
-def _encode_by_prefix(tok: PreTrainedTokenizerBase, messages: list[dict], kwargs: dict) -> tuple[list[int], list[int]]:
+def _render_text(tok: PreTrainedTokenizerBase, messages: list[dict], kwargs: dict) -> str:
+    """The chat as the template renders it, without a generation prompt."""
     text = tok.apply_chat_template(messages, tokenize=False, **kwargs)
+    assert isinstance(text, str)  # tokenize=False: the rendered text, not token ids
+    return text
+
+
+def _encode_by_prefix(tok: PreTrainedTokenizerBase, messages: list[dict], kwargs: dict) -> tuple[list[int], list[int]]:
+    text = _render_text(tok, messages, kwargs)
     spans = []
     for i, msg in enumerate(messages):
         if msg["role"] != "assistant":
             continue
         prompt = render_prompt(tok, messages[:i], kwargs)
-        upto = tok.apply_chat_template(messages[: i + 1], tokenize=False, **kwargs)
+        upto = _render_text(tok, messages[: i + 1], kwargs)
         if not (upto.startswith(prompt) and text.startswith(upto)):
             raise DataError(
                 "the chat template does not render chats as growing prefixes; add {% generation %} "
