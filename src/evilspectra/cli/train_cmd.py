@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -13,6 +14,9 @@ from rich.text import Text
 
 from evilspectra.cli import app, make_console
 from evilspectra.progress import LineProgress, on_terminal
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 console = make_console()  # tables whole in a pipe or a log (cli.make_console)
 data_app = typer.Typer(help="Inspect and validate chat datasets.", no_args_is_help=True)
@@ -174,11 +178,18 @@ def inspect(
     console.print("[bold]prompt[/bold] (the text the model is given before its answer, as sampled):")
     console.print(Text(render_prompt(tok, messages[:last], kwargs)), markup=False)
     console.print("[bold]loss tokens[/bold] (highlighted):")
-    pieces = [tok.decode([tid]) for tid in enc["input_ids"]]
+    pieces = [_decode(tok, [tid]) for tid in enc["input_ids"]]
     # word-level tokenizers decode without spaces between pieces; BPE pieces carry their own
-    sep = "" if tok.decode(enc["input_ids"]) == "".join(pieces) else " "
+    sep = "" if _decode(tok, enc["input_ids"]) == "".join(pieces) else " "
     text = Text()
     for piece, label in zip(pieces, enc["labels"]):
         text.append(piece, style="bold black on green" if label != -100 else "dim")
         text.append(sep)
     console.print(text)
+
+
+def _decode(tok: PreTrainedTokenizerBase, ids: list[int]) -> str:
+    """The text of one sequence of token ids."""
+    text = tok.decode(ids)
+    assert isinstance(text, str)  # one sequence decodes to one text (a list only for a batch of sequences)
+    return text
