@@ -16,7 +16,7 @@ from evilspectra.errors import AdapterError
 console = make_console()  # tables whole in a pipe or a log (cli.make_console)
 
 
-def _fmt(x: float) -> str:
+def _fmt(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
 
 
@@ -33,10 +33,10 @@ def _summary_table(summary: pd.DataFrame) -> Table:
             no_wrap=col == "checkpoint",
             overflow="fold" if text else "ellipsis",
         )
-    for row in summary.itertuples(index=False):
-        step = "-" if pd.isna(row.step) else str(int(row.step))
+    for row in summary.to_dict("records"):
+        step = "-" if pd.isna(row["step"]) else str(int(row["step"]))
         table.add_row(
-            Text(row.run), row.checkpoint, step, str(row.n_modules), *(_fmt(getattr(row, m)) for m in METRICS)
+            Text(str(row["run"])), str(row["checkpoint"]), step, str(row["n_modules"]), *(_fmt(row[m]) for m in METRICS)
         )
     return table
 
@@ -69,7 +69,8 @@ def spectra(
         label = str(path)
         if (path / CONFIG).is_file():
             df = adapter_spectra(path, method)
-            df.insert(0, "step", pd.NA)
+            # pandas-stubs: insert's value type leaves out pd.NA, a scalar pandas broadcasts like any other
+            df.insert(0, "step", pd.NA)  # type: ignore[arg-type]
             df.insert(0, "checkpoint", "final")
             adapter_frames.append(df.assign(run=label))
         elif path.is_dir():
