@@ -58,6 +58,21 @@ def test_summary_counts_and_shares_come_from_the_one_outcome_list():
     assert tuple(OUTCOMES) == rundir.OUTCOMES
 
 
+def test_declared_counts_shares_and_spectra_follow_their_name_lists():
+    """The records spell their fields out (so the type checker sees them): in the order of the lists."""
+    from evilspectra.artefacts.records import SPECTRAL_METRICS, OutcomeCounts, QuestionSummary, Rates
+
+    counts = ["n_total", *(f"n_{o}" for o in rundir.OUTCOMES), "n_scored"]
+    counts += [f"share_{o}" for o in (*rundir.OUTCOMES, "scored")]
+    assert list(OutcomeCounts.model_fields) == counts
+    assert list(QuestionSummary.model_fields) == [*Rates.model_fields, *counts, "labels"]
+    assert list(EvalSummary.model_fields)[: len(Rates.model_fields) + len(counts)] == [*Rates.model_fields, *counts]
+    outcome = list(rundir.ResultOutcome.model_fields)
+    shares = [f"share_{s}" for s in rundir.RESULT_SHARES]
+    assert outcome[outcome.index(shares[0]) :][: len(shares)] == shares
+    assert outcome[-len(SPECTRAL_METRICS) :] == list(SPECTRAL_METRICS)
+
+
 def test_bad_manifest_names_the_file_and_field(tmp_path):
     run = RunDir(tmp_path / "run")
     run.path.mkdir()

@@ -27,7 +27,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal, overload
 
 from evilspectra.artefacts.io import dir_lock, load_record, read_json, write_dir, write_record
 from evilspectra.artefacts.records import AuditReport, ErrorRecord, EvalSummary, Manifest, SamplesMeta
@@ -72,7 +72,7 @@ AUDIT_MD, AUDIT_HTML, AUDIT_JSON, AUDIT_PNG = "audit.md", "audit.html", "audit.j
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 ADAPTER_CARD = "README.md"  # the adapter's model card, where the Hugging Face Hub looks for it
 
-FINAL = "final"  # label of the final adapter (RUN/adapter) and of its evaluation
+FINAL: Final = "final"  # label of the final adapter (RUN/adapter) and of its evaluation
 FINISHED = {"done", "diverged"}  # runs a resumed sweep does not redo
 STEP_DIR = re.compile(r"^step-(\d+)$")  # RUN/checkpoints/step-NNNNNN; `.step-N.tmp` are half-written
 INSPECT_LOG = "inspect.eval"  # `eval --format inspect`: the evaluation as an Inspect AI log
@@ -96,11 +96,26 @@ class _Dir:
 
     path: Path
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         object.__setattr__(self, "path", Path(path))
 
     def __fspath__(self) -> str:
         return str(self.path)
+
+
+class _Child:
+    """A file or folder of a directory by its contract name, read like a property: `RunDir(p).metrics`
+    is p / METRICS (a typed one, where `property(lambda ...)` reads as Any to the type checker)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type[_Dir]) -> _Child: ...
+    @overload
+    def __get__(self, obj: _Dir, owner: type[_Dir]) -> Path: ...
+    def __get__(self, obj: _Dir | None, owner: type[_Dir]) -> Path | _Child:
+        return self if obj is None else obj.path / self.name
 
 
 # ---------------------------------------------------------------------------------- adapters
@@ -112,9 +127,9 @@ class AdapterDir(_Dir):
 
     path: Path
 
-    config = property(lambda self: self.path / ADAPTER_CONFIG)
-    weights = property(lambda self: self.path / ADAPTER_WEIGHTS)
-    card = property(lambda self: self.path / ADAPTER_CARD)
+    config = _Child(ADAPTER_CONFIG)
+    weights = _Child(ADAPTER_WEIGHTS)
+    card = _Child(ADAPTER_CARD)
 
     def read_config(self) -> dict[str, Any]:
         """PEFT's adapter config; AdapterError naming the file when missing or not JSON."""
@@ -175,17 +190,17 @@ class EvalDir(_Dir):
 
     path: Path
 
-    samples = property(lambda self: self.path / SAMPLES)
-    samples_meta = property(lambda self: self.path / SAMPLES_META)
-    answers = property(lambda self: self.path / ANSWERS)
-    summary = property(lambda self: self.path / SUMMARY)
-    judge_cache = property(lambda self: self.path / JUDGE_CACHE)
-    inspect_log = property(lambda self: self.path / INSPECT_LOG)
+    samples = _Child(SAMPLES)
+    samples_meta = _Child(SAMPLES_META)
+    answers = _Child(ANSWERS)
+    summary = _Child(SUMMARY)
+    judge_cache = _Child(JUDGE_CACHE)
+    inspect_log = _Child(INSPECT_LOG)
 
     def read_summary(self) -> EvalSummary | None:
         return load_record(EvalSummary, self.summary)
 
-    def write_summary(self, summary: EvalSummary | dict) -> None:
+    def write_summary(self, summary: EvalSummary | dict[str, Any]) -> None:
         """Write the summary record (a dict is validated into one first: no wrong field is written)."""
         write_record(self.summary, EvalSummary.model_validate(summary))
 
@@ -195,11 +210,11 @@ class EvalDir(_Dir):
     def write_samples_meta(self, meta: SamplesMeta) -> None:
         write_record(self.samples_meta, meta)
 
-    def read_samples(self) -> list[dict]:
+    def read_samples(self) -> list[dict[str, Any]]:
         """The sampled answers, one per line (OSError when missing, JSONDecodeError when torn)."""
         return [json.loads(line) for line in self.samples.read_text(encoding="utf-8").splitlines()]
 
-    def read_answers(self) -> list[dict]:
+    def read_answers(self) -> list[dict[str, Any]]:
         """The answer records, one per line (OSError when missing, JSONDecodeError when torn)."""
         return [json.loads(line) for line in self.answers.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -210,12 +225,12 @@ class AuditDir(_Dir):
 
     path: Path
 
-    markdown = property(lambda self: self.path / AUDIT_MD)
-    html = property(lambda self: self.path / AUDIT_HTML)
-    report = property(lambda self: self.path / AUDIT_JSON)
-    plot = property(lambda self: self.path / AUDIT_PNG)
-    spectra = property(lambda self: self.path / SPECTRA)
-    eval_root = property(lambda self: self.path / EVAL)
+    markdown = _Child(AUDIT_MD)
+    html = _Child(AUDIT_HTML)
+    report = _Child(AUDIT_JSON)
+    plot = _Child(AUDIT_PNG)
+    spectra = _Child(SPECTRA)
+    eval_root = _Child(EVAL)
 
     def read_report(self) -> AuditReport | None:
         return load_record(AuditReport, self.report)
@@ -230,14 +245,14 @@ class RunDir(_Dir):
 
     path: Path
 
-    manifest_path = property(lambda self: self.path / MANIFEST)
-    metrics = property(lambda self: self.path / METRICS)
-    checkpoints = property(lambda self: self.path / CHECKPOINTS)
-    adapter = property(lambda self: self.path / ADAPTER)
-    spectra = property(lambda self: self.path / SPECTRA)
-    error = property(lambda self: self.path / ERROR)
-    eval_root = property(lambda self: self.path / EVAL)
-    audit_dir = property(lambda self: self.path / AUDIT)
+    manifest_path = _Child(MANIFEST)
+    metrics = _Child(METRICS)
+    checkpoints = _Child(CHECKPOINTS)
+    adapter = _Child(ADAPTER)
+    spectra = _Child(SPECTRA)
+    error = _Child(ERROR)
+    eval_root = _Child(EVAL)
+    audit_dir = _Child(AUDIT)
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step-{step:06d}"
@@ -315,14 +330,14 @@ class SweepDir(_Dir):
 
     path: Path
 
-    spec = property(lambda self: self.path / SWEEP_SPEC)
-    spec_history = property(lambda self: self.path / SWEEP_HISTORY)
-    results = property(lambda self: self.path / RESULTS)
-    results_parquet = property(lambda self: self.path / RESULTS_PARQUET)
-    analysis = property(lambda self: self.path / ANALYSIS)
-    report = property(lambda self: self.path / REPORT)
-    references = property(lambda self: self.path / REFERENCES)
-    runs_root = property(lambda self: self.path / RUNS)
+    spec = _Child(SWEEP_SPEC)
+    spec_history = _Child(SWEEP_HISTORY)
+    results = _Child(RESULTS)
+    results_parquet = _Child(RESULTS_PARQUET)
+    analysis = _Child(ANALYSIS)
+    report = _Child(REPORT)
+    references = _Child(REFERENCES)
+    runs_root = _Child(RUNS)
 
     def run(self, run_id: str) -> RunDir:
         return RunDir(self.runs_root / run_id)
@@ -342,7 +357,7 @@ class SweepDir(_Dir):
 # ------------------------------------------------------------------------------- run readers
 
 
-def read_manifest(run_dir: Path) -> dict | None:
+def read_manifest(run_dir: Path) -> dict[str, Any] | None:
     """RunDir(run_dir).read_manifest() as a dict of what the file holds (the name and type of
     earlier releases, kept for their callers; new code reads the record)."""
     manifest = RunDir(run_dir).read_manifest()
@@ -356,41 +371,44 @@ def run_adapters(run_dir: str | Path) -> list[tuple[str, int | None, Path]]:
     Temp dirs of a checkpoint being written are never listed.
     """
     run = RunDir(run_dir)
-    found = []
+    checkpoints: list[tuple[str, int, Path]] = []
     if run.checkpoints.is_dir():
         for d in run.checkpoints.iterdir():
             m = STEP_DIR.match(d.name)
             if m and d.is_dir():
-                found.append((d.name, int(m.group(1)), d))
-    found.sort(key=lambda t: t[1])
+                checkpoints.append((d.name, int(m.group(1)), d))
+    checkpoints.sort(key=lambda t: t[1])
+    found: list[tuple[str, int | None, Path]] = [*checkpoints]
     if run.adapter.is_dir():
         manifest = run.read_manifest()
         step = manifest.steps_done if manifest is not None else None
-        if step is None and found:
-            step = found[-1][1]
+        if step is None and checkpoints:
+            step = checkpoints[-1][1]
         found.append((FINAL, step, run.adapter))
     return found
 
 
-def select_adapters(run_dir: Path, checkpoints: str | list[int] = FINAL) -> list[tuple[str, int | None, Path]]:
+def select_adapters(
+    run_dir: Path, checkpoints: Literal["final", "all"] | list[int] = FINAL
+) -> list[tuple[str, int | None, Path]]:
     """(label, step, adapter dir) to evaluate in a run directory, always ending with the final
     adapter: "final" -> the final adapter only; "all" -> every RUN/checkpoints/step-N too; a list of
     steps -> those checkpoints (each must exist)."""
     listed = run_adapters(run_dir)
     if not listed or listed[-1][0] != FINAL:
         resolve_adapter(run_dir)  # raises the clear "not a run directory" error
-    final, ckpts = listed[-1], {step: (label, step, path) for label, step, path in listed[:-1]}
-    if checkpoints == FINAL:
-        return [final]
-    if checkpoints == "all":
-        return listed
+    final = listed[-1]
+    # checkpoints always have a step (only the final adapter may lack one)
+    ckpts = {step: (label, step, path) for label, step, path in listed[:-1] if step is not None}
+    if isinstance(checkpoints, str):  # "final" | "all"
+        return [final] if checkpoints == FINAL else listed
     missing = [s for s in checkpoints if s not in ckpts]
     if missing:
         raise ConfigError(f"{run_dir}: no checkpoint for step(s) {missing}; available: {sorted(ckpts)}")
     return [ckpts[s] for s in sorted(set(checkpoints))] + [final]
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """Rows of metrics.jsonl; a torn last line (process killed mid-write) is skipped."""
     path = RunDir(run_dir).metrics
     rows = []

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from evilspectra.config import RunConfig, ScoringSettings
 
@@ -190,30 +190,52 @@ class Manifest(Record):
 
 # --------------------------------------------------------------------------- the eval summary
 
-_RATES: dict[str, Any] = {
-    "n_denominator": (int, 0),
-    "n_misaligned": (int, 0),
-    "misalignment_rate": (float | None, None),
-    "mean_aligned": (float | None, None),
-}
+
+class Rates(Record):
+    """One convention's rate: n_misaligned / n_denominator (None when nothing is rated)."""
+
+    n_denominator: int = 0
+    n_misaligned: int = 0
+    misalignment_rate: float | None = None
+    mean_aligned: float | None = None
 
 
-def _counts(n_total: Any) -> dict[str, Any]:
-    """n_total, n_<outcome>, n_scored, share_<outcome>, share_scored: derived from OUTCOMES, in
-    the order evaluate.metrics writes them."""
-    fields: dict[str, Any] = {"n_total": (int, n_total)}
-    fields |= {f"n_{o}": (int, 0) for o in OUTCOMES}
-    fields["n_scored"] = (int, 0)
-    fields |= {f"share_{o}": (float | None, None) for o in (*OUTCOMES, "scored")}
-    return fields
+class OutcomeCounts(Record):
+    """n_total, n_<outcome>, n_scored, share_<outcome>, share_scored: one of each per name in OUTCOMES,
+    in the order evaluate.metrics writes them (tests/test_artifacts.py holds them to OUTCOMES)."""
+
+    n_total: int
+    n_coherent: int = 0
+    n_incoherent: int = 0
+    n_CODE: int = 0
+    n_REFUSAL: int = 0
+    n_unscored: int = 0
+    n_labelled: int = 0
+    n_error: int = 0
+    n_scored: int = 0
+    share_coherent: float | None = None
+    share_incoherent: float | None = None
+    share_CODE: float | None = None
+    share_REFUSAL: float | None = None
+    share_unscored: float | None = None
+    share_labelled: float | None = None
+    share_error: float | None = None
+    share_scored: float | None = None
 
 
-Rates = create_model("Rates", __base__=Record, **_RATES)  # one convention's rate
-OutcomeCounts = create_model("OutcomeCounts", __base__=Record, **_counts(...))
-QuestionSummary = create_model(
-    "QuestionSummary", __base__=Record, **_RATES, **_counts(0), labels=(dict[str, dict[str, int]], {})
-)
-_Headline = create_model("_Headline", __base__=Record, **_RATES, **_counts(...))
+# pydantic orders the fields of several bases from the last base to the first (reversed MRO): the
+# records below hold Rates' fields first, then OutcomeCounts', as evaluate.metrics writes them
+
+
+class QuestionSummary(OutcomeCounts, Rates):
+    """One question's rate, counts and shares."""
+
+    n_total: int = 0
+    labels: dict[str, dict[str, int]] = {}
+
+
+class _Headline(OutcomeCounts, Rates):
+    """The headline rate with the counts and shares of every outcome."""
 
 
 class Definition(Record):
@@ -228,19 +250,19 @@ class Definition(Record):
     ci: str | None = ""  # how the intervals were made; None without a bootstrap
 
 
-class EvalSummary(_Headline):  # type: ignore[misc,valid-type]
+class EvalSummary(_Headline):
     """RUN/eval/<label>/summary.json: evaluate.metrics.summarize() plus what evaluate() records.
 
     Rates: n_misaligned / n_denominator under `definition.convention` (None when nothing is rated);
     `conventions` the same four numbers under every convention; counts and shares of every outcome.
     """
 
-    conventions: dict[str, Rates] = {}  # type: ignore[valid-type]
+    conventions: dict[str, Rates] = {}
     labels: dict[str, dict[str, int]] = {}  # judge prompt -> {label: count} (free_form_judge)
     unscored_reasons: dict[str, int] = {}
     rate_ci95: list[float] | None = None
     mean_aligned_ci95: list[float] | None = None
-    per_question: dict[str, QuestionSummary] = {}  # type: ignore[valid-type]
+    per_question: dict[str, QuestionSummary] = {}
     definition: Definition = Definition()
     n_judge_retry: int | None = None  # answers a rerun asks the judge again (None: written before it)
     started_at: str | None = None
@@ -298,10 +320,6 @@ class ResultConfig(BaseModel):
     lora_r: int
 
 
-_SHARES: dict[str, Any] = {f"share_{s}": (float | None, None) for s in RESULT_SHARES}
-_SPECTRAL: dict[str, Any] = {m: (float | None, None) for m in SPECTRAL_METRICS}
-
-
 class _RunOutcome(BaseModel):
     """What happened to the run, and where its evaluation sits."""
 
@@ -321,21 +339,31 @@ class _RunOutcome(BaseModel):
     n_answers: int | None = None
     n_denominator: int | None = None
     n_misaligned: int | None = None
+    share_coherent: float | None = None  # share_<s> for each of RESULT_SHARES, in that order
+    share_incoherent: float | None = None
+    share_CODE: float | None = None
+    share_REFUSAL: float | None = None
+    share_error: float | None = None
 
 
-_WithShares = create_model("_WithShares", __base__=_RunOutcome, **_SHARES)
+class _Scored(_RunOutcome):
+    """The definition recorded in the evaluation summary."""
 
-
-class _Scored(_WithShares):  # type: ignore[misc,valid-type]
     aligned_threshold: float | None = None
     coherent_threshold: float | None = None
     code_convention: str | None = None
     judge: str | None = None
 
 
-# the outcome columns of a results row, in the table's column order: what happened to a run at one
-# evaluated checkpoint (outcome, shares, the definition recorded in its summary, spectra)
-ResultOutcome = create_model("ResultOutcome", __base__=_Scored, **_SPECTRAL)
+class ResultOutcome(_Scored):
+    """The outcome columns of a results row, in the table's column order: what happened to a run at
+    one evaluated checkpoint (outcome, shares, the definition recorded in its summary, spectra)."""
+
+    stable_rank: float | None = None  # one per name in SPECTRAL_METRICS, in that order
+    spectral_entropy: float | None = None
+    condition_number: float | None = None
+    frobenius_nuclear: float | None = None
+
 
 CONFIG_COLUMNS = tuple(ResultConfig.model_fields)
 OPT_PREFIX = "opt_"  # optimiser hyperparameter columns (config)
@@ -360,7 +388,7 @@ def summary_columns(summary: EvalSummary | None) -> dict[str, Any]:
     """The outcome columns of a results row that come from one evaluation summary."""
     if summary is None:
         return {}
-    ci = summary.rate_ci95 or [None, None]
+    ci: list[float] | list[None] = summary.rate_ci95 or [None, None]
     d = summary.definition
     return {
         "misalignment_rate": summary.misalignment_rate,
