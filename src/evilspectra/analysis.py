@@ -44,7 +44,7 @@ This module composes the analysis and writes it; the statistics live beside it:
     analysis_trajectories  checkpoints in training order, `overtake`
     analysis_matched       alignment at a matched training loss
     analysis_regulariser   paired regulariser differences
-    analysis_references    the reference table `audit` quotes (references.json)
+    analysis_references    the reference table `audit` quotes (SweepDir.references)
 
 The file's record is artefacts.analysis_record.Analysis; every name importable from this module
 before the split still is (the re-export block below).

@@ -1,4 +1,4 @@
-"""The per-optimiser reference table that `audit` quotes (SWEEP/references.json), with its provenance."""
+"""The per-optimiser reference table that `audit` quotes (SweepDir.references), with its provenance."""
 
 from __future__ import annotations
 

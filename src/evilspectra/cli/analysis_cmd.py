@@ -10,12 +10,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from evilspectra.artefacts.paths import ANALYSIS
 from evilspectra.cli import app, make_console
 
 if TYPE_CHECKING:
     from evilspectra.artefacts.analysis_record import Analysis
 
 console = make_console()  # tables whole in a pipe or a log (cli.make_console)
+_LABELLED = f"{Path(ANALYSIS).stem}.LABEL{Path(ANALYSIS).suffix}"  # SweepDir.analysis_for's file
 
 
 @app.command()
@@ -31,8 +33,8 @@ def analyze(
     judge_label: str | None = typer.Option(
         None,
         "--judge-label",
-        help="Analyse the evaluations re-judged by `evilspectra rejudge ... --label LABEL` into analysis.LABEL.json "
-        "(analysis.json, the first judgement's, is kept); the claims table shows both judges' verdicts.",
+        help=f"Analyse the evaluations re-judged by `evilspectra rejudge ... --label LABEL` into {_LABELLED} "
+        f"({ANALYSIS}, the first judgement's, is kept); the claims table shows both judges' verdicts.",
     ),
 ) -> None:
     """Per-optimiser misalignment with CIs, loss/optimiser regressions, spectra, regulariser; writes the analysis JSON."""
