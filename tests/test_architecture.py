@@ -1,21 +1,14 @@
 """Architecture rules (issue 25), read from the source with ast: who may parse or write a contract
-file, who may import the CLI, no import circle, no module over 500 lines, no hidden imports.
-
-Modules that phase 2 of issue 25 splits (analysis, report, claims) may still break a rule: their
-checks are strict xfails, so the day they comply the xfail fails and is removed."""
+file, who may import the CLI, no import circle, no module over 500 lines, no hidden imports."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-import pytest
-
 import evilspectra
 
 SRC = Path(evilspectra.__file__).parent
-PHASE_2 = "phase 2 splits analysis/report"
-PHASE_2_MODULES = ("analysis", "report", "claims", "cli.analysis_cmd")
 
 # JSON parsing outside the artefacts package, each with why it is not a contract file's record read
 PARSES_JSON = {
@@ -84,10 +77,6 @@ def modules() -> dict[str, Path]:
 MODULES = modules()
 
 
-def _phase_2(name: str) -> bool:
-    return any(name == m or name.startswith(f"{m}_") or name.startswith(f"{m}.") for m in PHASE_2_MODULES)
-
-
 def _calls(tree: ast.AST) -> list[tuple[str, int]]:
     """(callee, line) of every call, the callee as written: `json.loads`, `read_json`, ..."""
     found = []
@@ -101,10 +90,10 @@ def _calls(tree: ast.AST) -> list[tuple[str, int]]:
     return found
 
 
-def _offenders(callees: set[str], allowed: dict[str, str], phase_2: bool) -> list[str]:
+def _offenders(callees: set[str], allowed: dict[str, str]) -> list[str]:
     bad = []
     for name, path in MODULES.items():
-        if name.startswith("artefacts") or _phase_2(name) != phase_2 or name in allowed:
+        if name.startswith("artefacts") or name in allowed:
             continue
         tree = ast.parse(path.read_text())
         bad += [f"{name}:{line} {callee}" for callee, line in _calls(tree) if callee in callees]
@@ -116,16 +105,11 @@ WRITERS = {"atomic_write_json"}
 
 
 def test_no_module_outside_the_artefacts_package_parses_a_contract_file():
-    assert _offenders(PARSERS, PARSES_JSON, phase_2=False) == []
+    assert _offenders(PARSERS, PARSES_JSON) == []
 
 
 def test_every_contract_json_is_written_from_its_record():
-    assert _offenders(WRITERS, WRITES_JSON, phase_2=False) == []
-
-
-@pytest.mark.xfail(strict=True, reason=PHASE_2)
-def test_phase_2_modules_read_and_write_contract_files_through_records():
-    assert _offenders(PARSERS | WRITERS, {}, phase_2=True) == []
+    assert _offenders(WRITERS, WRITES_JSON) == []
 
 
 def test_the_allow_lists_name_modules_that_exist_and_still_need_them():
@@ -271,9 +255,5 @@ MAX_LINES = 500
 
 
 def test_no_module_over_500_lines():
-    long = {
-        name: n
-        for name, path in MODULES.items()
-        if not _phase_2(name) and (n := len(path.read_text().splitlines())) > MAX_LINES
-    }
+    long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert long == {}

@@ -90,7 +90,7 @@ from evilspectra.analysis_table import (
 )
 from evilspectra.analysis_trajectories import overtake, trajectories
 from evilspectra.artefacts.analysis_record import Analysis, read_analysis, write_analysis
-from evilspectra.artefacts.io import atomic_write_text, read_json, write_record
+from evilspectra.artefacts.io import atomic_write_text, write_record
 from evilspectra.artefacts.paths import ANALYSIS, RunDir, SweepDir
 from evilspectra.artefacts.records import HEADLINE
 from evilspectra.errors import DataError
@@ -297,8 +297,8 @@ def load_analysis(sweep_dir: str | Path, judge_label: str | None = None) -> Anal
 
 def spec_level(source: Path | str) -> float | None:
     """The matched training loss fixed in the sweep spec before the data (`analysis.matched_loss`)."""
-    spec = read_json(SweepDir(source).spec) if isinstance(source, Path) else None
-    level = ((spec or {}).get("analysis") or {}).get("matched_loss")
+    spec = SweepDir(source).read_spec() if isinstance(source, Path) else {}
+    level = (spec.get("analysis") or {}).get("matched_loss")
     return float(level) if level is not None else None
 
 

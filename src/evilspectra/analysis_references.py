@@ -12,7 +12,6 @@ import pandas as pd
 
 from evilspectra.analysis_table import num
 from evilspectra.artefacts.analysis_record import Analysis, PooledRate
-from evilspectra.artefacts.io import read_json
 from evilspectra.artefacts.paths import SweepDir
 from evilspectra.artefacts.records import Provenance, ReferenceRow, ReferenceTable
 
@@ -73,11 +72,11 @@ def provenance(source: Path | str) -> Provenance:
         version = None
     prog = Path(sys.argv[0]).name
     prog = "evilspectra" if prog in ("__main__.py", "evilspectra") else prog
-    spec = read_json(SweepDir(source).spec) if isinstance(source, Path) else None
+    spec = SweepDir(source).read_spec() if isinstance(source, Path) else {}
     return Provenance(
         command=" ".join([prog, *sys.argv[1:]]),
         source=str(source),
-        sweep=(spec or {}).get("name"),
+        sweep=spec.get("name"),
         date=datetime.now(UTC).isoformat(timespec="seconds"),
         commit=commit or None,
         evilspectra=version,

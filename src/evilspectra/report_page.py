@@ -11,7 +11,6 @@ from pathlib import Path
 from evilspectra import claims
 from evilspectra.analysis_table import definition_text
 from evilspectra.artefacts.analysis_record import Analysis, Claim
-from evilspectra.artefacts.io import read_json
 from evilspectra.artefacts.paths import SweepDir
 from evilspectra.evaluate import agreement
 from evilspectra.evaluate.rejudge import paired_evals
@@ -95,7 +94,7 @@ def claims_section(analysis: Analysis) -> str:
 
 def config_section(sweep_dir: Path, analysis: Analysis) -> str:
     """The sweep's spec as it was run (its main keys) and the runs by status."""
-    spec = read_json(SweepDir(sweep_dir).spec) or {}  # none for runs analysed by hand
+    spec = SweepDir(sweep_dir).read_spec()  # {} for runs analysed by hand
     rows = [
         [key, json.dumps(spec[key], sort_keys=True)]
         for key in ("name", "base", "grid", "optimizers", "variants", "eval")

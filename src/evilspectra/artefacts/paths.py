@@ -342,6 +342,11 @@ class SweepDir(_Dir):
     def run(self, run_id: str) -> RunDir:
         return RunDir(self.runs_root / run_id)
 
+    def read_spec(self) -> dict[str, Any]:
+        """sweep.json as written (the SweepSpec dumped, judge URLs redacted); {} for runs analysed by
+        hand. A plain dict: a spec written by an earlier release may not validate under today's."""
+        return read_json(self.spec) or {}
+
     def analysis_for(self, judge_label: str) -> Path:
         """The analysis of the sweep's re-judged evaluations (`rejudge --label`): analysis.<label>.json."""
         return self.path / f"{Path(ANALYSIS).stem}.{plain_name(judge_label, 'judge-label')}{Path(ANALYSIS).suffix}"
