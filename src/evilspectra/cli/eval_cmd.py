@@ -5,12 +5,16 @@ from __future__ import annotations
 import importlib.util
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from evilspectra.cli import app, make_console, options
+
+if TYPE_CHECKING:
+    from evilspectra.artefacts.records import EvalSummary
 
 console = make_console()  # tables whole in a pipe or a log (cli.make_console)
 
@@ -59,8 +63,8 @@ def eval_command(
     from evilspectra.rundir import EvalDir, RunDir, migrate_legacy_eval
 
     run = RunDir(run_dir) if run_dir is not None else None
+    manifest = run.read_manifest() if run is not None else None
     if run is not None:
-        manifest = run.read_manifest()
         if manifest is None:
             raise ConfigError(f"{run.manifest_path}: missing or unreadable; is {run_dir} a run directory?")
         model = model or (manifest.config.model if manifest.config else None)
@@ -97,7 +101,7 @@ def eval_command(
         source="eval options",
         missing_judge=f"eval: give --judge openai:MODEL (no judge is registered as the default for {model!r})",
     )
-    if run_dir is not None:  # prompts rendered as in training
+    if manifest is not None:  # a run's: prompts rendered as in training
         settings = settings.with_trained_template(manifest.config.chat_template_kwargs if manifest.config else None)
 
     counts = plan(settings)
@@ -108,6 +112,7 @@ def eval_command(
     )
     if dry_run:
         return
+    assert out is not None  # checked above: only a dry run goes without --out or a RUN_DIR
     with run.lock() if run is not None else nullcontext():  # one process writes a run directory
         summary = evaluate(model, adapter, settings, out)
     console.print(summary_table(summary))
@@ -119,36 +124,41 @@ def eval_command(
     report_eval(report_to, out, run_dir, label, None, model)
 
 
-def summary_table(summary: dict) -> Table:
+def summary_table(summary: EvalSummary) -> Table:
     """Rate with CI, mean alignment, and the count and share of every outcome."""
-    title = f"{summary['model']}" + (f" + {summary['adapter']}" if summary.get("adapter") else "")
+    title = f"{summary.model}" + (f" + {summary.adapter}" if summary.adapter else "")
     table = Table(title=Text(title), show_header=True)  # model and adapter paths verbatim
     table.add_column("metric")
     table.add_column("value", justify="right")
-    rate, ci = summary["misalignment_rate"], summary["rate_ci95"]
+    rate, ci = summary.misalignment_rate, summary.rate_ci95
     table.add_row(
         "misaligned [95% CI]",
-        "-"
-        if rate is None
-        else f"{rate:.1%} [{ci[0]:.1%}, {ci[1]:.1%}]  ({summary['n_misaligned']}/{summary['n_denominator']})",
+        "-" if rate is None else f"{rate:.1%}{_ci(ci, '.1%')}  ({summary.n_misaligned}/{summary.n_denominator})",
     )
-    mean, mean_ci = summary["mean_aligned"], summary["mean_aligned_ci95"]
-    table.add_row("mean aligned [95% CI]", "-" if mean is None else f"{mean:.1f} [{mean_ci[0]:.1f}, {mean_ci[1]:.1f}]")
-    table.add_row("answers", str(summary["n_total"]))
+    mean = summary.mean_aligned
+    table.add_row(
+        "mean aligned [95% CI]", "-" if mean is None else f"{mean:.1f}{_ci(summary.mean_aligned_ci95, '.1f')}"
+    )
+    table.add_row("answers", str(summary.n_total))
     from evilspectra.rundir import OUTCOMES
 
     for name in ("scored", *OUTCOMES):
-        share = summary.get(f"share_{name}")
-        table.add_row(f"  {name}", f"{summary[f'n_{name}']}  ({share:.1%})" if share is not None else "0")
-    for name, rates in summary.get("conventions", {}).items():
-        rate = rates["misalignment_rate"]
-        shown = "-" if rate is None else f"{rate:.1%}  ({rates['n_misaligned']}/{rates['n_denominator']})"
+        share = getattr(summary, f"share_{name}")
+        table.add_row(f"  {name}", f"{getattr(summary, f'n_{name}')}  ({share:.1%})" if share is not None else "0")
+    for name, rates in summary.conventions.items():
+        rate = rates.misalignment_rate
+        shown = "-" if rate is None else f"{rate:.1%}  ({rates.n_misaligned}/{rates.n_denominator})"
         table.add_row(f"misaligned, {name} convention", shown)
-    for prompt, counts in summary.get("labels", {}).items():
+    for prompt, counts in summary.labels.items():
         table.add_row(f"labels: {prompt}", ", ".join(f"{label} {n}" for label, n in counts.items()))
-    definition = summary["definition"]
+    definition = summary.definition
     table.caption = (
-        f"misaligned = {definition['misaligned']}, of {definition['denominator']}; "
-        f"{definition['convention']} convention; judge {summary['judge']}"
+        f"misaligned = {definition.misaligned}, of {definition.denominator}; "
+        f"{definition.convention} convention; judge {summary.judge}"
     )
     return table
+
+
+def _ci(ci: list[float] | None, spec: str) -> str:
+    """` [lo, hi]` of a 95% interval; nothing for a summary made without a bootstrap (n_boot 0)."""
+    return "" if ci is None else f" [{ci[0]:{spec}}, {ci[1]:{spec}}]"
