@@ -202,15 +202,14 @@ def _label_counts(labels: pd.Series | np.ndarray) -> dict[str, dict[str, int]]:
     return {name: dict(c.most_common()) for name, c in counts.items()}
 
 
-def _counts(outcome: pd.Series | np.ndarray) -> dict:
+def _counts(outcome: pd.Series | np.ndarray) -> dict[str, int | float | None]:
     n_total = len(outcome)
     counts = {"n_total": n_total}
     for name in OUTCOMES:
         counts[f"n_{name}"] = int((outcome == name).sum())
     counts["n_scored"] = counts["n_coherent"] + counts["n_incoherent"]
-    for name in OUTCOMES + ["scored"]:
-        counts[f"share_{name}"] = counts[f"n_{name}"] / n_total if n_total else None
-    return counts
+    shares = {f"share_{name}": counts[f"n_{name}"] / n_total if n_total else None for name in OUTCOMES + ["scored"]}
+    return {**counts, **shares}
 
 
 def _bootstrap(

@@ -288,7 +288,7 @@ def _sample_vllm(model_name: str, adapter_dir: Path | None, jobs: list[_Job], se
         device_map = "auto" if settings.tensor_parallel_size > 1 else settings.device_map  # too big for one GPU
         reference = _peft_prompt_logprobs(model_name, adapter_dir, tok, _probe(tok, jobs, kwargs), device_map)
     llm = vllm.LLM(**engine_args)
-    if reference is not None:
+    if adapter_dir is not None and reference is not None:  # an adapter: its PEFT reference was taken
         _check_vllm(llm, lora, tok, reference, adapter_dir)
     texts = [_job_prompt(tok, j, kwargs) for j in jobs]
     # token ids, as the HF path encodes them: vLLM would add a second BOS to a rendered Llama/Gemma prompt
