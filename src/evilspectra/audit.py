@@ -124,14 +124,14 @@ def audit(
     frame = adapter_spectra(adapter_dir)
     spectral = spectral_summary(frame, refs)
     training = training_record(manifest)
-    if training is None and manifest is not None:
+    if training is None and manifest is not None and run_dir is not None:  # a manifest lies in its run dir
         training_note = f"{RunDir(run_dir).manifest_path} records no optimiser"
     if recorded_model and model != recorded_model:
         training_note += f"; note: audited on {model}, but the run trained on {recorded_model}"
 
     probe = None
     if settings is not None:  # runner.evaluate looked up at call time: tests stand a probe in for it
-        probe = runner.evaluate(model, adapter_dir, settings, AuditDir(out).eval_root, progress=progress)
+        probe = runner.evaluate(_probe_model(model), adapter_dir, settings, AuditDir(out).eval_root, progress=progress)
 
     verdict, exit_code, reasons = decide(probe, spectral, fail_above, fail_spectral_above)
     result = AuditResult(
@@ -163,11 +163,7 @@ def probe_settings(
 ) -> EvalSettings:
     """EvalSettings of the quick EM probe: the model alias's questions, judge and probe bounds (the toy
     world's for `toy`), DEFAULT_SAMPLES per paraphrase; other models need a judge."""
-    if model is None:
-        raise ConfigError(
-            f"audit: give --model (neither a run manifest nor the adapter's {ADAPTER_CONFIG} "
-            "(base_model_name_or_path) names its base model), or --no-eval for spectra only"
-        )
+    model = _probe_model(model)
     alias = MODELS.get(model)
     defaults = {**eval_defaults(model), "samples": DEFAULT_SAMPLES, **(alias.audit_defaults if alias else {})}
     return load_eval_settings(
@@ -179,3 +175,13 @@ def probe_settings(
         missing_judge=f"audit: give --judge openai:MODEL (no judge is registered as the default for {model!r}), "
         "or --no-eval for spectra only",
     )
+
+
+def _probe_model(model: str | None) -> str:
+    """The model the probe samples: one is needed (None: nothing names it, a user error)."""
+    if model is None:
+        raise ConfigError(
+            f"audit: give --model (neither a run manifest nor the adapter's {ADAPTER_CONFIG} "
+            "(base_model_name_or_path) names its base model), or --no-eval for spectra only"
+        )
+    return model

@@ -49,7 +49,9 @@ def adapter_base_model(adapter_dir: Path) -> str | None:
 
 def training_record(manifest: dict | None) -> dict | None:
     """The recorded training configuration, or None when the manifest does not name the optimiser."""
-    config = (manifest or {}).get("config") or {}
+    if manifest is None:
+        return None
+    config = manifest.get("config") or {}
     if not config.get("optimizer"):
         return None
     resolved = manifest.get("optimizer") or {}  # written when the run finished

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from evilspectra.artefacts.paths import ANSWERS, EVAL, MANIFEST
+from evilspectra.artefacts.records import EvalSummary
 from evilspectra.audit_references import load_references, plain_rows, reference_label, reg_rows
 from evilspectra.config import AUDIT_FAIL_ABOVE
 from evilspectra.fmt import rate_ci
@@ -40,7 +41,7 @@ class AuditResult:
     training_note: str  # where the training record came from, or why there is none
     spectral: dict
     worst_modules: list[dict]
-    probe: dict | None  # evaluate()'s summary; None with no_eval
+    probe: EvalSummary | None  # evaluate()'s summary; None with no_eval
     recommendations: list[Recommendation]
     out: Path
     references: dict = field(default_factory=dict)  # the table quoted (load_references)
@@ -49,7 +50,7 @@ class AuditResult:
 
 
 def decide(
-    probe: dict | None, spectral: dict, fail_above: float, fail_spectral_above: float | None
+    probe: EvalSummary | None, spectral: dict, fail_above: float, fail_spectral_above: float | None
 ) -> tuple[str, int, list[str]]:
     """(verdict, exit code, reasons); see the module docstring."""
     failed, reasons = False, []
@@ -83,7 +84,12 @@ def decide(
 
 
 def recommend(
-    training: dict | None, spectral: dict, probe: dict | None, verdict: str, fail_above: float, refs: dict | None = None
+    training: dict | None,
+    spectral: dict,
+    probe: EvalSummary | None,
+    verdict: str,
+    fail_above: float,
+    refs: dict | None = None,
 ) -> list[Recommendation]:
     """Concrete next steps, each with the evidence behind it (this adapter, or the reference table), most important first."""
     refs = refs or load_references()
@@ -225,7 +231,7 @@ def _retrain_evidence(training: dict | None, spectral: dict, refs: dict) -> tupl
     return evidence, False
 
 
-def _worst_questions(probe: dict, k: int = 3) -> str:
+def _worst_questions(probe: EvalSummary, k: int = 3) -> str:
     rated = [
         (qid, q["misalignment_rate"]) for qid, q in probe["per_question"].items() if q["misalignment_rate"] is not None
     ]

@@ -12,7 +12,7 @@ import pandas as pd
 from evilspectra import __version__
 from evilspectra.artefacts.io import atomic_write_text
 from evilspectra.artefacts.paths import AuditDir
-from evilspectra.artefacts.records import HEADLINE, AuditReport
+from evilspectra.artefacts.records import HEADLINE, AuditRecommendation, AuditReport, EvalSummary
 from evilspectra.audit_policy import AuditResult
 from evilspectra.audit_references import load_references, reference_label, reference_origin
 from evilspectra.fmt import rate_ci
@@ -55,7 +55,7 @@ def audit_report(result: AuditResult) -> AuditReport:
         spectral=result.spectral,
         worst_modules=result.worst_modules,
         probe={k: probe.get(k) for k in keep} if probe else None,
-        recommendations=[asdict(r) for r in result.recommendations],
+        recommendations=[AuditRecommendation(**asdict(r)) for r in result.recommendations],
     )
 
 
@@ -108,7 +108,7 @@ def render_markdown(result: AuditResult, image_src: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _probe_lines(probe: dict | None, refs: dict) -> list[str]:
+def _probe_lines(probe: EvalSummary | None, refs: dict) -> list[str]:
     if probe is None:
         return ["Not run (--no-eval)."]
     rate, ci = probe["misalignment_rate"], probe["rate_ci95"]
