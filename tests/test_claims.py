@@ -32,6 +32,7 @@ GREATER, LESS, WITHIN = (
 RATIO = claims._ratio_rule(0.38)  # Muon / Adam in the paper: null 1, band [0.19, 0.76] (log scale)
 EFFECT = {"kind": "effect", "null": 0.0, "paper": 6.6, "band": [3.3, 13.2]}
 EQUIV = {"kind": "equivalent", "margin": 3.0}
+SIGN = {"kind": "sign", "null": 0.0, "direction": "less"}  # "flatter spectra, better alignment": slope < 0
 
 # The demo's measured noise (102-run demo, 2026-12-06, matched loss 0.28 nats): per-seed SD of an
 # optimiser's matched-loss misalignment rate 0.035-0.084 (Adam 0.060), correlation across optimisers
@@ -55,6 +56,10 @@ RATE_SD, RATE_CORR, PAIR_SD = 0.06, 0.9, 5.0
         (EFFECT, [-5.0, 8.0], 0.4, UNDERPOWERED),
         (EFFECT, [-1.0, 4.0], 0.3, INCONCLUSIVE),
         (EFFECT, None, None, NOT_ESTIMABLE),
+        (SIGN, [-0.5, -0.1], 0.01, REPRODUCED),
+        (SIGN, [0.1, 0.5], 0.01, CONTRADICTED),
+        (SIGN, [0.1, 0.5], 0.0501, INCONCLUSIVE),  # beyond the null on the wrong side, not after Holm
+        (SIGN, [-0.1, 0.5], 0.4, INCONCLUSIVE),
         (GREATER, [0.1, 0.5], None, REPRODUCED),
         (GREATER, [-0.5, -0.1], None, NOT_REPRODUCED),
         (GREATER, [-0.1, 0.5], None, INCONCLUSIVE),

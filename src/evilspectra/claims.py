@@ -19,7 +19,8 @@ band of sizes that count as the paper's (`band`; ratios are judged on the log sc
                     between the null and the paper's value
     inconclusive    the interval overlaps the band, is not significant, and is narrower than that
 sign: the paper states a direction only (no size): `band` is the whole paper side of the null.
-    reproduced / contradicted (interval on the other side of the null) / inconclusive as above
+    reproduced / contradicted (interval on the other side of the null and Holm p < 0.05: the
+    exclusion is a test of the null, corrected like a reproduction's) / inconclusive as above
 equivalent: the paper states no difference: TOST with margin `margin`.
     reproduced      Holm-adjusted TOST p < 0.05 (the 90% interval lies inside +/-margin)
     not reproduced  the 95% interval lies outside +/-margin (a difference larger than the margin)
@@ -94,6 +95,13 @@ def _effect(rule: dict, ci: list[float], p: float | None) -> tuple[str, str]:
     where = f"[{_g(lo)}, {_g(hi)}]"
     if misses_band and on_side:
         return NOT_REPRODUCED, f"interval {where} on the paper's side of {null:g} but outside its band {_band(band)}"
+    if misses_band and paper is None and p is not None and p >= ALPHA:
+        # a sign rule's band is the paper's whole side: only the test of the null excludes it, and
+        # that test is corrected for the table like the one a reproduction needs
+        return (
+            INCONCLUSIVE,
+            f"interval {where} beyond {null:g} against the paper's direction alone, not after Holm (p {_g(p)})",
+        )
     if misses_band:
         return CONTRADICTED, f"interval {where} excludes the paper's band {_band(band)} and its direction"
     if significant:
