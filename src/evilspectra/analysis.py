@@ -53,6 +53,7 @@ before the split still is (the re-export block below).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,7 @@ __all__ = [  # the public names of evilspectra.analysis before the split, and th
 
 
 def analyze(
-    sweep_dir: str | Path | list[str | Path],
+    sweep_dir: str | Path | Sequence[str | Path],
     windows: int = 2,
     margin: float = 0.05,
     n_boot: int = 2000,
@@ -167,7 +168,11 @@ def analyze(
     plain = final[final["spectral_reg"].fillna(0) == 0]
     regularised = final[final["spectral_reg"].fillna(0) > 0]
     per_opt = [pooled_rates(g, optimizer=name, n_boot=n_boot, seed=seed) for name, g in plain.groupby("optimizer")]
-    result = {
+    if isinstance(source, Path):  # a sweep directory (run directories: `source` names them, `run_paths` lists them)
+        base, runs = base_models(source, judge_label), _runs_elsewhere(source, df, dest)
+    else:
+        base, runs = [], run_paths or []
+    result: dict[str, Any] = {  # the Analysis record's fields, as plain data until validated below
         "sweep_dir": str(source),
         "judge": judge_record(df, judge_label),
         "runs": {str(k): int(v) for k, v in df.drop_duplicates("run_id")["status"].value_counts().items()},
@@ -185,12 +190,12 @@ def analyze(
         "overtake": overtake(df, windows=windows, margin=margin),
         "spectral_correlations": spectral_correlations(final),
         "regulariser": regulariser_effect(df),
-        "base_model": base_models(source, judge_label) if run_paths is None else [],
-        "run_dirs": _run_dirs(run_paths if run_paths is not None else _runs_elsewhere(source, df, dest)),
+        "base_model": base,
+        "run_dirs": _run_dirs(runs),
     }
     result["fits"] = loss_fits(df, plain, windows=windows, n_boot=n_boot, seed=seed)
     result["not_estimable"] = not_estimable
-    result["matched_loss"] = matched_loss(df, result["base_model"], n_boot=n_boot, seed=seed, level=spec_level(source))
+    result["matched_loss"] = matched_loss(df, base, n_boot=n_boot, seed=seed, level=spec_level(source))
     result["spectral_fits"] = spectral_fits(final)
     result["claims"] = claims.evaluate_claims(result, claim_inputs(df, result, n_boot, seed), stability.check)
     for row in result["claims"]:  # a verdict is the judge's as much as the sweep's
@@ -205,12 +210,12 @@ def analyze(
 
 
 def _results_of(
-    source: str | Path | list[str | Path], out: str | Path | None, judge_label: str | None = None
+    source: str | Path | Sequence[str | Path], out: str | Path | None, judge_label: str | None = None
 ) -> tuple[Path | str, pd.DataFrame, list[Path] | None]:
     """(what was analysed, its results table, the run directories or None for a sweep). Run
     directories (one or several) get their table built and written to `out` (the first judge's
     table; `judge_label` then reads the re-judged outcomes beside it)."""
-    paths = [Path(p) for p in source] if isinstance(source, (list, tuple)) else [Path(source)]
+    paths = [Path(source)] if isinstance(source, (str, Path)) else [Path(p) for p in source]
     if len(paths) == 1 and not RunDir(paths[0]).is_run():
         return paths[0], _sweep_results(paths[0], out, judge_label), None
     if out is None:
@@ -254,7 +259,7 @@ def _run_dirs(paths: list[Path]) -> dict[str, str]:
     out = {}
     for path in paths:
         manifest = RunDir(path).read_manifest()
-        if manifest is not None:
+        if manifest is not None and manifest.run_id is not None:  # no id, no results row to find it by
             out[manifest.run_id] = str(Path(path).resolve())
     return out
 

@@ -86,6 +86,7 @@ def report(
     target = sources[0]
     if out is not None or len(sources) > 1:
         run_analysis(sources[0] if len(sources) == 1 else sources, out=out)
+        assert out is not None  # analyze refuses several run directories without --out (DataError)
         target = out
     path = write_report(target).resolve()
     console.print(str(path), highlight=False, soft_wrap=True, markup=False)
