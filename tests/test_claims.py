@@ -314,3 +314,21 @@ def test_a_fried_run_is_not_estimable_never_0_or_100(tmp_path):
     row = next(c for c in result["claims"] if c["id"] == "regulariser_adam")
     assert row["n"]["units"] == 3 and row["estimate"] == pytest.approx(8.0)
     assert "1 of 4 pairs left out" in row["method"]
+
+
+def test_matched_spread_with_a_rate_near_zero_has_an_open_interval_and_no_nan():
+    """Lion's bootstrap means include 0 (a seed with no misaligned answer drawn every time): the
+    spread's resampled ratios include inf; the interval is then [finite, inf), never NaN."""
+    import warnings
+
+    from evilspectra.analysis_matched import _matched_spread
+
+    rows = [{"optimizer": "adam", "misalignment_rate": 0.2}, {"optimizer": "lion", "misalignment_rate": 0.001}]
+    boots = {
+        ("adam", "misalignment_rate"): np.full(200, 0.2),
+        ("lion", "misalignment_rate"): np.r_[np.zeros(20), np.full(180, 0.002)],
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spread = _matched_spread(rows, boots)
+    assert spread["ratio"] == pytest.approx(200) and spread["ci"] == [100.0, math.inf]

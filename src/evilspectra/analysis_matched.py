@@ -139,5 +139,7 @@ def _matched_spread(rows: list[dict], boots: dict) -> dict:
     num, den = boots[(hi["optimizer"], "misalignment_rate")], boots[(lo["optimizer"], "misalignment_rate")]
     if len(num) and len(den):
         ratio = np.where(den > 0, num / np.where(den > 0, den, 1), np.inf)
-        out["ci"] = [float(x) for x in np.percentile(ratio, [2.5, 97.5])]
+        # with unbounded draws take order statistics: interpolating between two infs gives NaN
+        method = "linear" if np.isfinite(ratio).all() else "inverted_cdf"
+        out["ci"] = [float(x) for x in np.percentile(ratio, [2.5, 97.5], method=method)]
     return out
