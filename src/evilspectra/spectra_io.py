@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -52,13 +53,14 @@ def _read_factors(adapter_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
     return factors
 
 
-def _module_scaling(cfg: dict, module: str) -> tuple[int, float]:
+def _module_scaling(cfg: dict[str, Any], module: str) -> tuple[int, float]:
     """(r, scaling) of one module as PEFT computes them: rank/alpha patterns, then alpha/r or rsLoRA."""
-    rank_pattern, alpha_pattern = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
+    rank_pattern: dict[str, int] = cfg.get("rank_pattern") or {}
+    alpha_pattern: dict[str, float] = cfg.get("alpha_pattern") or {}
     from peft.utils.other import get_pattern_key  # PEFT's own pattern matching (lazy: peft is slow to import)
 
-    r = rank_pattern.get(get_pattern_key(rank_pattern.keys(), module), cfg["r"])
-    alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), module), cfg.get("lora_alpha", 8))
+    r = rank_pattern.get(get_pattern_key(list(rank_pattern), module), cfg["r"])
+    alpha = alpha_pattern.get(get_pattern_key(list(alpha_pattern), module), cfg.get("lora_alpha", 8))
     return r, alpha / (math.sqrt(r) if cfg.get("use_rslora") else r)
 
 

@@ -22,6 +22,9 @@ from evilspectra.experts import WRAPPED, expert_factors
 from evilspectra.spectra_io import module_layer, read_checked, wrapped_name
 from evilspectra.spectra_linalg import METRICS, lora_singular_values, spectral_metrics
 
+# (module, A, B, r, scaling, number of experts, fused parameter name or None): one LoRA module's factors
+_Module = tuple[str, torch.Tensor, torch.Tensor, int, float, int, str | None]
+
 
 def adapter_spectra(adapter_dir: str | Path, method: str = "qr") -> pd.DataFrame:
     """One row per LoRA module of a PEFT adapter directory (per expert and projection on fused MoE
@@ -33,7 +36,7 @@ def adapter_spectra(adapter_dir: str | Path, method: str = "qr") -> pd.DataFrame
     the file when it is missing, corrupt, or does not match its adapter config.
     """
     _, factors, experts, scalings = read_checked(Path(adapter_dir))
-    modules = []
+    modules: list[_Module] = []
     for module, ab in factors.items():
         r, scaling = scalings[module]
         n = ab["A"].shape[0] // r if module in experts else 1
@@ -53,12 +56,12 @@ def model_spectra(model: torch.nn.Module, method: str = "qr") -> pd.DataFrame:
     """
     from peft.tuners.lora import LoraLayer  # imported when used: peft takes seconds (`spectra` reads files only)
 
-    modules = []
+    modules: list[_Module] = []
     for name, layer in model.named_modules():
         if isinstance(layer, LoraLayer):
             for adapter in layer.active_adapters:
                 if adapter in layer.lora_A:
-                    A, B = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+                    A, B = _weight(layer.lora_A[adapter]), _weight(layer.lora_B[adapter])
                     module = name.removeprefix("base_model.model.")
                     n, param = getattr(layer, "num_experts", 1), getattr(layer, "parameter_name", None)
                     if param is not None:  # PEFT ParamWrapper: named as adapter_spectra names it
@@ -72,12 +75,22 @@ def model_spectra(model: torch.nn.Module, method: str = "qr") -> pd.DataFrame:
     return _spectra_frame(modules, method)
 
 
-def _spectra_frame(modules: list[tuple], method: str) -> pd.DataFrame:
+def _weight(factor: torch.nn.Module) -> torch.Tensor:
+    """A LoRA factor's weight (torch types a module's attributes as Tensor | Module)."""
+    weight = factor.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(factor).__name__}.weight is a {type(weight).__name__}, not a tensor")
+    return weight
+
+
+def _spectra_frame(modules: list[_Module], method: str) -> pd.DataFrame:
     """Rows of (module, A, B, r, scaling, number of experts, fused parameter name or None) -> the
     adapter_spectra frame, one row per module or per expert of a fused module, in layer order."""
     rows = []
     for module, A, B, r, scaling, n, param in modules:
         if n > 1:  # fused experts: E rank-r pairs
+            if param is None:  # PEFT's ParamWrapper names the fused parameter it wraps
+                raise AdapterError(f"{module}: {n} experts but no fused parameter name")
             A_e, B_e = expert_factors(A, B, n)
             for e, sigma in enumerate(lora_singular_values(A_e, B_e, scaling, method)):
                 rows.append(_spectrum_row(f"{module}.{e}.{param}", param, e, r, scaling, sigma))
