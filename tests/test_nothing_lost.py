@@ -9,6 +9,7 @@ tabulates them.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -272,6 +273,24 @@ def read_only_adapter(tmp_path, done_run) -> Iterator[Path]:
 def read_only_run(tmp_path, done_run) -> Iterator[Path]:
     with read_only_copy(done_run, tmp_path / "run") as view:
         yield view
+
+
+def test_a_refused_write_names_the_file_being_written_not_its_temporary(tmp_path):
+    """On a read-only folder the writers' temporaries (`.x.json.ab12.tmp`) fail first; the error the
+    user reads names the file being written."""
+    from evilspectra.rundir import atomic_write_file, atomic_write_text
+
+    (tmp_path / "folder").mkdir()
+    with read_only_copy(tmp_path / "folder", tmp_path / "view") as view:
+        for write in (
+            lambda p: atomic_write_text(p, "{}"),
+            lambda p: atomic_write_file(p, lambda tmp: tmp.write_text("a,b")),
+        ):
+            with pytest.raises(OSError) as caught:
+                write(view / "results.csv")
+            assert caught.value.filename == str(view / "results.csv"), caught.value
+            assert caught.value.errno == errno.EROFS and ".tmp" not in str(caught.value)
+        assert list(view.iterdir()) == []
 
 
 def test_audit_of_a_read_only_adapter_keeps_the_verdicts_exit_code(read_only_adapter, tmp_path):

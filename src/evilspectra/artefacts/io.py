@@ -64,6 +64,18 @@ def disk_full_guard(path: Path, cleanup: Path | None = None) -> Iterator[None]:
         ) from None
 
 
+@contextlib.contextmanager
+def named_as_target(path: Path) -> Iterator[None]:
+    """Report an OSError about a writer's temporary file (`.spectra.csv.x1y2.tmp`, a name the user
+    never chose) as an error about `path`, the file being written (read-only or missing folder...)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None or Path(exc.filename) == path:
+            raise
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
+
+
 def file_mode() -> int:
     """The mode a new file gets under the user's umask (mkstemp and safetensors create files 0600,
     which a group sharing the results could not read)."""
@@ -76,15 +88,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` via a temp file in the same directory + fsync + os.replace."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with disk_full_guard(path):
+    with named_as_target(path), disk_full_guard(path):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with disk_full_guard(path), os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with named_as_target(path), disk_full_guard(path), os.fdopen(fd, "w", encoding="utf-8") as fh:
             os.fchmod(fh.fileno(), file_mode())
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with named_as_target(path):
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -96,11 +109,13 @@ def atomic_write_file(path: Path, write: Callable[[Path], Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with disk_full_guard(path):
+        with named_as_target(path), disk_full_guard(path):
             write(tmp)
-        os.replace(tmp, path)
+        with named_as_target(path):
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # no temporary to remove; a read-only folder refuses even that
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
