@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -13,6 +14,9 @@ from rich.table import Table
 from evilspectra.cli import app, make_console
 from evilspectra.cli.analysis_cmd import print_claims
 from evilspectra.cli.sweep_cmd import sweep as sweep_command
+
+if TYPE_CHECKING:
+    from evilspectra.artefacts.analysis_record import Analysis
 
 console = make_console()  # tables whole in a pipe or a log (cli.make_console)
 
@@ -51,7 +55,7 @@ def demo(
     )
 
 
-def _print_headline(result: dict) -> None:
+def _print_headline(result: Analysis) -> None:
     table = Table(
         "optimizer",
         "misaligned (95% CI)",
@@ -61,22 +65,21 @@ def _print_headline(result: dict) -> None:
         "mean aligned",
         title="Emergent misalignment by optimiser (toy world, final checkpoints)",
     )
-    for row in result.get("per_optimizer", []):
-        lo, hi = row.get("ci_low"), row.get("ci_high")
+    for row in result.per_optimizer:
         table.add_row(
-            row["optimizer"],
-            f"{_pct(row.get('rate'))} ({_pct(lo)}-{_pct(hi)})",
-            str(row.get("n_denominator")),
-            _pct(row.get("share_incoherent")),
-            _pct(row.get("share_CODE")),
-            _num(row.get("mean_aligned")),
+            row.optimizer,
+            f"{_pct(row.rate)} ({_pct(row.ci_low)}-{_pct(row.ci_high)})",
+            str(row.n_denominator),
+            _pct(row.share_incoherent),
+            _pct(row.share_CODE),
+            _num(row.mean_aligned),
         )
     console.print(table)
 
 
-def _pct(x) -> str:
+def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def _num(x) -> str:
+def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
