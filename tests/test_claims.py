@@ -36,7 +36,9 @@ SIGN = {"kind": "sign", "null": 0.0, "direction": "less"}  # "flatter spectra, b
 
 # The demo's measured noise (102-run demo, 2026-12-06, matched loss 0.28 nats): per-seed SD of an
 # optimiser's matched-loss misalignment rate 0.035-0.084 (Adam 0.060), correlation across optimisers
-# 0.88-0.94; regulariser pairs (weight 1): per-pair SD of the alignment change 3.9-6.5 points.
+# 0.88-0.94; regulariser pairs (weight 1): per-pair SD of the alignment change 3.9-6.5 points. The
+# 120-run design that replaced it (same day): Adam's SD 0.070 (Muon's and Lion's rates are near 0
+# there, SD < 0.004), pairs' SD 3.6-5.4 points: the figures below stay within both.
 RATE_SD, RATE_CORR, PAIR_SD = 0.06, 0.9, 5.0
 
 
