@@ -5,7 +5,7 @@ optimiser with a bootstrap over runs, their differences and spread.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -64,7 +64,7 @@ def matched_loss(
     table = pd.DataFrame(runs, columns=columns)
     boots = {}
     for i, (name, g) in enumerate(table.groupby("optimizer")):
-        row = {"optimizer": name, "n_runs": len(g), "n_runs_total": int(lowest.loc[name].size)}
+        row: dict[str, Any] = {"optimizer": name, "n_runs": len(g), "n_runs_total": int(lowest.loc[name].size)}
         for col in ("mean_aligned", "misalignment_rate"):
             values = g[col].dropna().to_numpy(float)
             boots[(name, col)] = _boot_means(values, n_boot, seed + 1000 * i)  # independent draws per optimiser
@@ -82,6 +82,7 @@ def matched_loss(
             est = _diff(out["per_optimizer"], a, b)
             out["differences"].append({"a": a, "b": b, "rate_b_minus_a": est, "ci": _percentile(d)})
     out["spread"] = _matched_spread(out["per_optimizer"], boots)
+    assert isinstance(lowest.index, pd.MultiIndex)  # grouped by (optimizer, run_id)
     reach = {
         name: int(table["misalignment_rate"].notna()[table["optimizer"] == name].sum())
         for name in lowest.index.levels[0]
@@ -140,6 +141,6 @@ def _matched_spread(rows: list[dict], boots: dict) -> dict:
     if len(num) and len(den):
         ratio = np.where(den > 0, num / np.where(den > 0, den, 1), np.inf)
         # with unbounded draws take order statistics: interpolating between two infs gives NaN
-        method = "linear" if np.isfinite(ratio).all() else "inverted_cdf"
+        method: Literal["linear", "inverted_cdf"] = "linear" if np.isfinite(ratio).all() else "inverted_cdf"
         out["ci"] = [float(x) for x in np.percentile(ratio, [2.5, 97.5], method=method)]
     return out

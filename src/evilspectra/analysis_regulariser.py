@@ -59,6 +59,7 @@ def regulariser_effect(df: pd.DataFrame) -> dict:
     summary = []
     if len(table):
         for (opt, weight), g in table.groupby(["optimizer", "spectral_reg"]):
+            assert isinstance(weight, float)  # each pair's spectral_reg is a float (above): a float64 column
             summary.append({"optimizer": opt, "spectral_reg": float(weight), **_delta_means(g)})
     return {
         "n_regularised_runs": len(treated),
@@ -71,9 +72,9 @@ def regulariser_effect(df: pd.DataFrame) -> dict:
     }
 
 
-def _delta_means(pairs: pd.DataFrame) -> dict:
+def _delta_means(pairs: pd.DataFrame) -> dict[str, float | list[float] | None]:
     """Mean of each paired difference with a 95% t interval over the pairs (`<delta>_ci`)."""
-    out = {}
+    out: dict[str, float | list[float] | None] = {}  # means and counts; intervals
     for name in DELTAS.values():
         values = pairs[name].dropna()
         out[name], out[f"n_{name}"] = (float(values.mean()) if len(values) else None), len(values)

@@ -114,7 +114,11 @@ def definitions(df: pd.DataFrame) -> list[dict]:
     if rows.empty or not set(cols) <= set(rows.columns) or rows[cols[0]].isna().all():
         return []
     counts = rows[cols].astype(object).where(rows[cols].notna(), None).value_counts(dropna=False)
-    return [dict(zip(cols, key), n_rows=int(n)) for key, n in counts.items()]
+    out = []
+    for key, n in counts.items():
+        assert isinstance(key, tuple)  # a DataFrame's value_counts: one tuple of column values per key
+        out.append(dict(zip(cols, key), n_rows=int(n)))
+    return out
 
 
 def definition_text(definitions: Sequence[ReferenceDefinition]) -> str:

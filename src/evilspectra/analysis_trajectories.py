@@ -4,6 +4,7 @@ training progress) the optimiser starts to explain alignment beyond the loss (`o
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
@@ -19,10 +20,11 @@ def trajectories(df: pd.DataFrame) -> dict[str, list[dict]]:
     loss is the mean over runs of the smoothed training loss at that step; alignment and rate are
     pooled over the runs' answers at that checkpoint (weights: n_denominator).
     """
-    out = {}
+    out: dict[str, list[dict]] = {}
     for name, g in checkpoints(df).groupby("optimizer"):
-        points = []
+        points: list[dict[str, int | float | None]] = []
         for step, s in g.groupby("step"):
+            assert isinstance(step, numbers.Real)  # checkpoints' steps: a numeric column without NaN
             den = s["n_denominator"].fillna(0)
             points.append(
                 {
@@ -34,7 +36,7 @@ def trajectories(df: pd.DataFrame) -> dict[str, list[dict]]:
                     "n_runs": int(s["run_id"].nunique()),
                 }
             )
-        out[name] = points
+        out[str(name)] = points  # optimiser names: the optimizer column's strings
     return out
 
 
@@ -51,7 +53,7 @@ def overtake(df: pd.DataFrame, windows: int = 2, margin: float = 0.05) -> dict:
     for i in range(windows):
         lo, hi = edges[i], edges[i + 1]
         inside = rows[(rows["progress"] > lo) & (rows["progress"] <= hi)] if i else rows[rows["progress"] <= hi]
-        reg = (
+        reg: dict[str, Any] = (
             regressions(inside)
             if len(inside)
             else {
@@ -60,7 +62,7 @@ def overtake(df: pd.DataFrame, windows: int = 2, margin: float = 0.05) -> dict:
                 "adj_r2_gain": None,
             }
         )
-        window = {
+        window: dict[str, Any] = {
             "index": i,
             "progress_low": float(lo),
             "progress_high": float(hi),
