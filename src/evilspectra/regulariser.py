@@ -8,7 +8,9 @@ the mean is over all of them.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 
 import torch
 from peft.tuners.lora import LoraLayer
@@ -26,8 +28,16 @@ def lora_factor_pairs(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parame
             continue
         for adapter in module.active_adapters:
             if adapter in module.lora_A and adapter in module.lora_B:
-                pairs.append((name, module.lora_A[adapter].weight, module.lora_B[adapter].weight))
+                pairs.append((name, _weight(module.lora_A[adapter]), _weight(module.lora_B[adapter])))
     return pairs
+
+
+def _weight(factor: torch.nn.Module) -> torch.nn.Parameter:
+    """A LoRA factor's weight (torch types a module's attributes as Tensor | Module)."""
+    weight = factor.weight
+    if not isinstance(weight, torch.nn.Parameter):
+        raise TypeError(f"{type(factor).__name__}.weight is a {type(weight).__name__}, not a parameter")
+    return weight
 
 
 def spectral_penalty(A: torch.Tensor, B: torch.Tensor, method: str = "qr") -> torch.Tensor:
@@ -97,7 +107,7 @@ class SpectralRegulariser:
         self.n_modules = sum(sum(Es) for _, _, Es in self.groups)
 
     def __call__(self) -> torch.Tensor:
-        total = sum(self._group_sum(*group) for group in self.groups)
+        total = functools.reduce(operator.add, [self._group_sum(*group) for group in self.groups])  # >= 1 group
         return total / self.n_modules if self.aggregation == "mean" else total
 
     def _group_sum(self, As: list[torch.Tensor], Bs: list[torch.Tensor], Es: list[int]) -> torch.Tensor:
