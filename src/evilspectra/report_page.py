@@ -12,6 +12,7 @@ from evilspectra import claims
 from evilspectra.analysis_table import definition_text
 from evilspectra.artefacts.analysis_record import Analysis, Claim
 from evilspectra.artefacts.paths import SweepDir
+from evilspectra.errors import DataError
 from evilspectra.evaluate import agreement
 from evilspectra.evaluate.rejudge import paired_evals
 from evilspectra.report_figures import figure
@@ -168,7 +169,11 @@ def agreement_part(sweep_dir: Path, label: str, runs: dict | None, name_a: str, 
     """Score against score and the agreement statistics of the first judge (A) and re-judgement
     `label` (B), pooled over every evaluation of the results table that was re-judged."""
     pairs = paired_evals(sweep_dir, label, runs)
-    definition = pairs[0][1].read_summary().definition  # re-judgements keep the first's thresholds
+    first = pairs[0][1]
+    summary = first.read_summary()
+    if summary is None:  # its answers are in the results table, so a summary was written: gone since
+        raise DataError(f"{first.summary}: missing or unreadable (the first judgement's thresholds are read from it)")
+    definition = summary.definition  # re-judgements keep the first's thresholds
     result, paired = agreement.compare(
         agreement.read_answers([(unit, a) for unit, a, _ in pairs]),
         agreement.read_answers([(unit, b) for unit, _, b in pairs]),
