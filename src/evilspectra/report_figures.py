@@ -50,13 +50,19 @@ def plot_rates(analysis: Analysis, colors: dict) -> Figure | str:
     """Pooled rate per optimiser with its Wilson interval, beside its incoherent share; base models dotted."""
     import matplotlib.pyplot as plt  # here: matplotlib takes a second to import (module docstring)
 
-    rows = [r for r in analysis.per_optimizer if r.rate is not None]
+    # (row, rate, Wilson interval): a rate always comes with its interval (analysis_rates.pooled_rates)
+    rated = [
+        (r, r.rate, r.ci_low, r.ci_high)
+        for r in analysis.per_optimizer
+        if r.rate is not None and r.ci_low is not None and r.ci_high is not None
+    ]
+    rows = [r for r, *_ in rated]
     if not rows:
         return "No optimiser has scored answers at its final checkpoint."
     fig, ax = plt.subplots(figsize=(7, 3.8))
     x = np.arange(len(rows))
-    rate = np.array([r.rate for r in rows])
-    err = np.array([[r.rate - r.ci_low, r.ci_high - r.rate] for r in rows]).T
+    rate = np.array([rt for _, rt, _, _ in rated])
+    err = np.array([[rt - lo, hi - rt] for _, rt, lo, hi in rated]).T
     ax.bar(
         x - 0.2,
         100 * rate,
@@ -75,8 +81,8 @@ def plot_rates(analysis: Analysis, colors: dict) -> Figure | str:
         edgecolor=[colors[r.optimizer] for r in rows],
         label="incoherent (of all)",
     )
-    for xi, r in zip(x, rows):
-        ax.text(xi - 0.2, 100 * r.ci_high + 1, f"{100 * r.rate:.1f}%", ha="center", fontsize=8)
+    for xi, (_, rt, _, hi) in zip(x, rated):
+        ax.text(xi - 0.2, 100 * hi + 1, f"{100 * rt:.1f}%", ha="center", fontsize=8)
     for base in analysis.base_model:
         if base.get("misalignment_rate") is not None:
             ax.axhline(100 * base["misalignment_rate"], color="grey", ls=":", label=f"base model ({base['model']})")
@@ -195,11 +201,11 @@ def plot_spectra(sweep_dir: Path, results: pd.DataFrame, analysis: Analysis, col
             frames.setdefault((run["optimizer"], float(run["spectral_reg"] or 0)), []).append(
                 df[df["checkpoint"] == "final"]
             )
-    frames = {k: pd.concat(v) for k, v in frames.items() if sum(len(f) for f in v)}
-    if not frames:
+    finals = {k: pd.concat(v) for k, v in frames.items() if sum(len(f) for f in v)}
+    if not finals:
         return "No run has a final spectrum (written by `evilspectra spectra RUN`)."
     fig, ax = plt.subplots(figsize=(7, 4))
-    for (name, weight), df in sorted(frames.items()):
+    for (name, weight), df in sorted(finals.items()):
         curve = mean_normalised_spectrum(df)
         ax.plot(
             np.arange(1, curve.size + 1),
