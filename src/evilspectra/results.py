@@ -25,8 +25,8 @@ from evilspectra.artefacts.records import (
     results_row,
     summary_columns,
 )
-from evilspectra.config import RunConfig, validate_model
-from evilspectra.errors import DataError
+from evilspectra.config import RunConfig
+from evilspectra.errors import ConfigError, DataError
 from evilspectra.spectra_table import aggregate_spectra, read_spectra_csv
 from evilspectra.sweep_spec import SweepSpec, expand
 from evilspectra.sweep_state import MISMATCH, manifest_mismatch
@@ -58,7 +58,9 @@ def results_from_runs(run_dirs: list[Path]) -> pd.DataFrame:
         manifest = run.read_manifest()
         if manifest is None:
             raise DataError(f"{path}: no readable manifest; expected a run directory written by `evilspectra train`")
-        cfg = validate_model(RunConfig, manifest.config, source=str(run.manifest_path))
+        if manifest.config is None:  # read_manifest validated the config it holds
+            raise ConfigError(f"{run.manifest_path}: no config recorded (`evilspectra train` writes one)")
+        cfg = manifest.config
         labels = set(run.eval_labels())
         targets = [t for t in run.adapters() if t[0] in labels] if manifest.status == "done" else []
         rows += run_rows(run, cfg, manifest, targets)
@@ -122,7 +124,10 @@ def _config(cfg: RunConfig) -> tuple[ResultConfig, dict]:
     return row, extra
 
 
-def _loss_at(metrics: list[dict], step: int, window: int = 10) -> dict:
+def _loss_at(metrics: list[dict], step: int | None, window: int = 10) -> dict:
+    """The loss at `step` and smoothed over the `window` steps up to it (none without a step)."""
+    if step is None:  # a final adapter whose manifest records no step and no checkpoint
+        return {}
     losses = [m["loss"] for m in metrics if m["step"] <= step]
     if not losses:
         return {}

@@ -161,7 +161,7 @@ def run_ray(jobs: list[Job], max_parallel: int, address: str | None, on_done: Do
                 address=address,
                 include_dashboard=False,
                 log_to_driver=False,
-                **({} if address else {"num_cpus": cpus}),
+                num_cpus=None if address else cpus,  # None: a cluster's own (Ray's default)
             )
         except Exception as exc:
             if _refused_token(exc):
@@ -172,7 +172,8 @@ def run_ray(jobs: list[Job], max_parallel: int, address: str | None, on_done: Do
                 ) from exc
             raise
     task = ray.remote(max_retries=RAY_RETRIES)(run_one)
-    pending, queue = [], list(jobs)
+    pending: list[ray.ObjectRef | ray.ObjectRefGenerator] = []
+    queue = list(jobs)
     while queue or pending:
         while queue and len(pending) < max_parallel:
             args, res = queue.pop(0)

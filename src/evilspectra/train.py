@@ -39,7 +39,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, get_scheduler
 from evilspectra.artefacts.io import DiskFullError, disk_full_guard, write_dir
 from evilspectra.artefacts.machine import library_versions, machine_info
 from evilspectra.artefacts.paths import RunDir
-from evilspectra.artefacts.records import Manifest
+from evilspectra.artefacts.records import DatasetRecord, MachineRecord, Manifest
 from evilspectra.chat_template import resolve_kwargs
 from evilspectra.config import RunConfig
 from evilspectra.data import IGNORE, ChatDataset, collate, encode_dataset_cached, load_dataset_spec
@@ -91,11 +91,11 @@ def _manifest(cfg: RunConfig, data: ChatDataset, status: str, **extra: Any) -> M
         run_id=cfg.run_id(),
         status=status,
         config=cfg,
-        dataset={"source": data.source, "sha256": data.sha256, "rows": len(data.rows)},
+        dataset=DatasetRecord(source=data.source, sha256=data.sha256, rows=len(data.rows)),
         system_prompt=cfg.system_prompt,
         seed=cfg.seed,
         versions=library_versions(),
-        machine=machine_info(),
+        machine=MachineRecord.model_validate(machine_info()),
         **extra,
     )
 
@@ -430,7 +430,11 @@ def _sum_over_ranks(accelerator: Accelerator, loss: float, tokens: int) -> tuple
 
 def _average_grads(params: list[torch.nn.Parameter], world: int) -> None:
     """Average the replicated LoRA gradients over ranks in one flat all-reduce (what DDP does)."""
-    grads = [p.grad for p in params]
+    grads = []
+    for p in params:
+        if p.grad is None:  # every rank must send every gradient, in the same order
+            raise RuntimeError(f"a LoRA parameter of shape {tuple(p.shape)} has no gradient to average")
+        grads.append(p.grad)
     flat = torch.cat([g.reshape(-1) for g in grads])
     torch.distributed.all_reduce(flat)
     flat /= world
