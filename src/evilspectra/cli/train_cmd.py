@@ -151,7 +151,7 @@ def inspect(
     variables, and the whole chat with the tokens that carry loss highlighted."""
     from evilspectra.chat_template import render_prompt, resolve_kwargs
     from evilspectra.config import parse_value
-    from evilspectra.data import encode_chat, load_dataset_spec, with_system
+    from evilspectra.data import IGNORE, encode_chat, load_dataset_spec, with_system
     from evilspectra.errors import ConfigError
     from evilspectra.models import load_tokenizer
 
@@ -172,7 +172,7 @@ def inspect(
     table.add_row("validation", "ok: every row is a chat with a non-empty assistant turn")
     table.add_row("sha256", data.sha256)
     table.add_row("chat_template_kwargs", repr(kwargs))
-    n_loss = sum(label != -100 for label in enc["labels"])
+    n_loss = sum(label != IGNORE for label in enc["labels"])
     table.add_row(f"row {row}", f"{len(enc['input_ids'])} tokens, {n_loss} carry loss (highlighted)")
     console.print(table)
     console.print("[bold]prompt[/bold] (the text the model is given before its answer, as sampled):")
@@ -183,7 +183,7 @@ def inspect(
     sep = "" if _decode(tok, enc["input_ids"]) == "".join(pieces) else " "
     text = Text()
     for piece, label in zip(pieces, enc["labels"]):
-        text.append(piece, style="bold black on green" if label != -100 else "dim")
+        text.append(piece, style="bold black on green" if label != IGNORE else "dim")
         text.append(sep)
     console.print(text)
 
