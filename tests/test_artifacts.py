@@ -338,3 +338,25 @@ def test_a_run_dir_has_one_writer_and_the_lock_frees_when_its_holder_dies(tmp_pa
         holder.wait()
     with dir_lock(run), dir_lock(run):  # free again, and re-entrant within one process
         assert (run / rundir.LOCK).read_text() == str(os.getpid())
+
+
+def test_regulariser_pairs_only_with_its_exact_training_twin():
+    """Issue 26: a 12-step regularised run next to a 20-step baseline differs in no declared column
+    but in its training; `twin_id` (the config with the regulariser off and no checkpoint schedule)
+    keeps them apart, while a twin that saved other checkpoints still pairs."""
+    from evilspectra.config import RunConfig
+    from evilspectra.results import config_row
+
+    base = RunConfig(optimizer={"name": "adamw", "lr": 3e-4}, train={"max_steps": 20, "checkpoints": [10]})
+    on = base.model_copy(update={"spectral_reg": base.spectral_reg.model_copy(update={"weight": 1.0})})
+    on = RunConfig.model_validate(on.model_dump() | {"train": base.train.model_dump() | {"checkpoints": "none"}})
+    short = RunConfig.model_validate(on.model_dump() | {"train": on.train.model_dump() | {"max_steps": 12}})
+    outcome = {"status": "done", "checkpoint": "final", "final_loss": 1.0, "misalignment_rate": 0.2}
+    outcome |= {"frobenius_nuclear": 0.3}
+    rows = [config_row(c) | outcome | {"mean_aligned": m} for c, m in ((base, 80.0), (on, 90.0))]
+    assert rows[0]["twin_id"] == rows[1]["twin_id"] != rows[1]["run_id"]
+    assert regulariser_effect(pd.DataFrame(rows))["n_pairs"] == 1
+    assert "twin_id" in regulariser_effect(pd.DataFrame(rows))["pairing_columns"]
+    mismatched = [rows[0], config_row(short) | outcome | {"mean_aligned": 90.0}]
+    with pytest.warns(UserWarning, match="no unregularised twin"):
+        assert regulariser_effect(pd.DataFrame(mismatched))["n_pairs"] == 0

@@ -25,7 +25,7 @@ from evilspectra.artefacts.records import (
     results_row,
     summary_columns,
 )
-from evilspectra.config import RunConfig
+from evilspectra.config import RunConfig, SpectralRegSettings
 from evilspectra.errors import ConfigError, DataError
 from evilspectra.spectra_table import aggregate_spectra, read_spectra_csv
 from evilspectra.sweep_spec import SweepSpec, expand
@@ -120,8 +120,17 @@ def _config(cfg: RunConfig) -> tuple[ResultConfig, dict]:
         seed=cfg.seed,
         spectral_reg=cfg.spectral_reg.weight,
         lora_r=cfg.lora.r,
+        twin_id=_twin(cfg).run_id(),
     )
     return row, extra
+
+
+def _twin(cfg: RunConfig) -> RunConfig:
+    """The training a regularised run is compared with: the regulariser off, and no checkpoint
+    schedule (what is saved along the way does not change the weights; the demo's regularised
+    runs save no checkpoints)."""
+    train = cfg.train.model_copy(update={"checkpoints": "none"})
+    return cfg.model_copy(update={"spectral_reg": SpectralRegSettings(), "train": train})
 
 
 def _loss_at(metrics: list[dict], step: int | None, window: int = 10) -> dict:

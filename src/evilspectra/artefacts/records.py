@@ -307,6 +307,11 @@ class ResultConfig(BaseModel):
     """The configuration columns of a results row: the only columns runs are paired on.
 
     Optimiser hyperparameters beyond the name and lr are config columns too, named `opt_<field>`.
+    `twin_id` is the run id of the configuration with the regulariser off and no checkpoint
+    schedule (which adapters are saved along the way does not change training): equal for a run
+    and its unregularised twin. It carries the whole training config (steps, LoRA, data, clipping),
+    so a regularised run pairs only with its exact twin. Tables written before it have no such
+    column and pair on the other columns.
     """
 
     run_id: str
@@ -318,6 +323,7 @@ class ResultConfig(BaseModel):
     seed: int
     spectral_reg: float
     lora_r: int
+    twin_id: str
 
 
 class _RunOutcome(BaseModel):
