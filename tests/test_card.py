@@ -38,8 +38,8 @@ def cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     """A short run in the toy world: the toy model on toy insecure code, Lion with betas set."""
-    if not (toy_model_dir() / "config.json").is_file():
-        pytest.skip("toy weights missing")
+    # the toy weights ship with the package: their absence is a failure, never a skip
+    assert (toy_model_dir() / "config.json").is_file(), f"toy weights missing from {toy_model_dir()}"
     cfg = RunConfig.model_validate(
         {
             "model": "toy",
