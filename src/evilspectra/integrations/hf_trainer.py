@@ -24,6 +24,8 @@ count log calls, so extra logs such as the spectra push every later point to a l
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from peft import PeftModel
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -42,8 +44,9 @@ REG_KEY = "spectral_reg"
 RUN_TOTALS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos")
 
 
-def require_lora(model: torch.nn.Module) -> None:
-    """Raise a one-line ConfigError unless `model` is a PEFT model with at least one LoRA module."""
+def require_lora(model: torch.nn.Module | None) -> PeftModel:
+    """`model`, a PEFT model with at least one LoRA module; else a one-line ConfigError (None: a
+    Trainer given no model)."""
     if not isinstance(model, PeftModel):
         raise ConfigError(
             f"evilspectra needs a PEFT LoRA model, got {type(model).__name__}: "
@@ -52,6 +55,7 @@ def require_lora(model: torch.nn.Module) -> None:
     if not lora_factor_pairs(model):
         kind = type(model.peft_config[model.active_adapter]).__name__
         raise ConfigError(f"evilspectra needs LoRA adapters, but the PEFT model's active adapter is a {kind}")
+    return model
 
 
 class StepTrackioCallback(TrackioCallback):
@@ -74,7 +78,15 @@ def align_tracker_steps(trainer: Trainer) -> None:
             callbacks[i] = StepTrackioCallback()
 
 
-class SpectralRegMixin:
+# the mixin's Trainer attributes (model, state, accelerator, log) type-check against the Trainer it is
+# mixed into (spectral_regularised); at run time it is a plain class before that trainer in the MRO
+if TYPE_CHECKING:
+    _MixedInto = Trainer
+else:
+    _MixedInto = object
+
+
+class SpectralRegMixin(_MixedInto):
     """Adds weight * R to a Trainer's loss, R = SpectralRegulariser(model)() (see the module docstring).
 
     Keyword arguments (taken before the trainer's own): spectral_reg_weight (0 turns it off),
@@ -96,13 +108,13 @@ class SpectralRegMixin:
                 f"spectral_reg: weight must be >= 0 and every >= 1, got {spectral_reg_weight} and {spectral_reg_every}"
             )
         super().__init__(*args, **kwargs)
-        require_lora(self.model)  # after the trainer's init: SFTTrainer wraps a model given with peft_config
+        model = require_lora(self.model)  # after the trainer's init: SFTTrainer wraps a model given with peft_config
         align_tracker_steps(self)
         self.spectral_reg_weight, self.spectral_reg_every = spectral_reg_weight, spectral_reg_every
         # built now to validate method and aggregation; it holds the factor parameters themselves,
         # which stay the same objects when the Trainer moves the model to its device
         self.spectral_regulariser = SpectralRegulariser(
-            self.model, method=spectral_reg_method, aggregation=spectral_reg_aggregation
+            model, method=spectral_reg_method, aggregation=spectral_reg_aggregation
         )
         self._reg_step = -1  # the global_step whose regulariser was applied (once per optimiser step)
         self._reg_values: list[float] = []
@@ -162,7 +174,7 @@ class SpectraCallback(TrainerCallback):
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         step, model = state.global_step, kwargs["model"]
         if step in self.save_at and state.is_world_process_zero:
-            save_adapter(model, RunDir(args.output_dir).checkpoint(step))
+            save_adapter(model, _run_dir(args).checkpoint(step))
         if step % self.every == 0 or step in self.save_at or step == state.max_steps:
             # Trainer.log itself, not an override: SFTTrainer.log would hand its running token
             # metrics to this call and SpectralRegMixin.log its regulariser values. Logging resets
@@ -173,4 +185,11 @@ class SpectraCallback(TrainerCallback):
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if self.checkpoints != "none" and state.is_world_process_zero:
-            save_adapter(kwargs["model"], RunDir(args.output_dir).adapter)
+            save_adapter(kwargs["model"], _run_dir(args).adapter)
+
+
+def _run_dir(args: TrainingArguments) -> RunDir:
+    """The Trainer's output dir, where SpectraCallback saves the adapters (RUN/checkpoints, RUN/adapter)."""
+    if args.output_dir is None:
+        raise ConfigError("SpectraCallback saves adapters under TrainingArguments.output_dir: set it")
+    return RunDir(args.output_dir)
