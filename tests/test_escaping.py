@@ -116,6 +116,8 @@ def hostile_adapter(tiny_model_dir, tmp_path) -> Path:
     weights = adapter / "adapter_model.safetensors"
     tensors = load_file(weights)
     save_file({k.replace(".q_proj.", f".q_proj{HOSTILE[0]}{HOSTILE[2]}."): v for k, v in tensors.items()}, weights)
+    # hostile in every field a manifest holds as free text (a valid manifest: fields with a fixed
+    # set of values, such as status, would be refused before anything renders them)
     config = {
         "model": HOSTILE[3],
         "dataset": HOSTILE[4],
@@ -123,15 +125,15 @@ def hostile_adapter(tiny_model_dir, tmp_path) -> Path:
         "system_prompt": HOSTILE[5],
         "optimizer": {"name": HOSTILE[0], "lr": 1e-4, HOSTILE[1]: HOSTILE[2]},
         "lora": {"r": 8, "alpha": 16, "target_modules": list(HOSTILE)},
-        "train": {"batch_size": 4, HOSTILE[0]: HOSTILE[1]},
-        "spectral_reg": {"weight": 1.0, "method": HOSTILE[1], "aggregation": HOSTILE[2]},
+        "train": {"batch_size": 4},
+        "spectral_reg": {"weight": 1.0},
     }
     manifest = {
         "run_id": HOSTILE[1],
-        "status": HOSTILE[0],
+        "status": "done",
         "config": config,
         "optimizer": {"class": HOSTILE[5], "hyperparameters": {HOSTILE[1]: HOSTILE[4]}},
-        "dataset": {"source": HOSTILE[4], "rows": HOSTILE[2], "sha256": HOSTILE[3]},
+        "dataset": {"source": HOSTILE[4], "rows": 10, "sha256": HOSTILE[3]},
         "versions": {HOSTILE[0]: HOSTILE[1]},
     }
     (run / "manifest.json").write_text(json.dumps(manifest))
@@ -186,6 +188,7 @@ def test_audit_and_card_show_hostile_strings_as_text(hostile_adapter, tmp_path, 
     assert_inert(as_hub_renders(result.files["md"].read_text()), shown=(module,))
     card = (hostile_adapter / "README.md").read_text()
     assert_inert(as_hub_renders(card.split("---", 2)[2]), shown=(HOSTILE[0], HOSTILE[1]))
+    assert result.training["optimizer"] == HOSTILE[0]  # the manifest was read: its strings were rendered
 
 
 def test_raw_html_is_off_in_the_audit_page(hostile_adapter, tmp_path):
@@ -224,7 +227,7 @@ def test_inspect_log_keeps_hostile_strings_as_data(tmp_path):
         for q in HOSTILE
     ]
     (eval_dir / "answers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    summary = summarize(outcome_table(records), n_boot=10)  # the summary evaluate() writes for them
+    summary = summarize(outcome_table(records), n_boot=10).model_dump(mode="json")  # what evaluate() writes
     summary |= {"model": HOSTILE[0], "adapter": str(eval_dir), "questions": ALL, "judge": HOSTILE[1], "settings": {}}
     (eval_dir / "summary.json").write_text(json.dumps(summary))
     log = read_eval_log(str(export_inspect_log(eval_dir)))

@@ -87,10 +87,12 @@ def rejudged(tmp_path_factory) -> tuple[Path, dict[str, object], str, str]:
 
 def invoke(*args: str) -> str:
     """Run an evilspectra command in this process; its output (exit 0 required)."""
-    from evilspectra.cli import _register, app
+    from evilspectra.cli import _register, analysis_cmd, app
 
     _register()
-    result = CliRunner().invoke(app, list(args))
+    with pytest.MonkeyPatch.context() as mp:  # the command's console was sized when first imported:
+        mp.setattr(analysis_cmd.console, "width", 250)  # wide, whatever an earlier test's COLUMNS was
+        result = CliRunner().invoke(app, list(args))
     assert result.exit_code == 0, f"{args[0]}: {result.output}{result.exception!r}"
     return result.output
 

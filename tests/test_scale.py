@@ -79,9 +79,12 @@ def test_device_map_auto_samples_the_same_answers(tiny_model_dir):
 def test_placement_does_not_make_a_finished_eval_unfinished(tmp_path):
     import json
 
+    from evilspectra.evaluate.metrics import outcome_table, summarize
+
     settings = EvalSettings()
     saved = {k: v for k, v in stable_dump(settings).items() if k not in ("device_map", "tensor_parallel_size")}
-    (tmp_path / "summary.json").write_text(json.dumps({"settings": saved}))
+    summary = summarize(outcome_table([]), n_boot=10).model_dump(mode="json")  # a real summary, no answers
+    (tmp_path / "summary.json").write_text(json.dumps(summary | {"settings": saved}))
     assert _eval_done(tmp_path, settings)
     assert _eval_done(tmp_path, settings.model_copy(update={"tensor_parallel_size": 4}))
     assert not _eval_done(tmp_path, settings.model_copy(update={"top_p": 0.5}))
