@@ -4,7 +4,7 @@
 PY ?= python3
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: install install-dev demo test test-numerics lint
+.PHONY: install install-dev demo test test-fast test-numerics lint
 
 # torch first, pinned: an open range would pull a multi-GB CUDA build
 install:
@@ -21,6 +21,10 @@ demo: install
 # in a random order (pytest-randomly; its seed is printed, `--randomly-seed=N` replays it)
 test: install-dev
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2
+
+# the edit-test loop: every test not marked slow (make test still runs them all)
+test-fast: install-dev
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 -m "not slow"
 
 # the tests whose figures depend on the CPU's float kernels, for a rerun under another code path:
 #   MKL_CBWR=COMPATIBLE ATEN_CPU_CAPABILITY=default make test-numerics

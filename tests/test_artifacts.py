@@ -313,6 +313,7 @@ def _hold_lock(path: Path) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_a_run_dir_has_one_writer_and_the_lock_frees_when_its_holder_dies(tmp_path):
     run = tmp_path / "run"
     holder = _hold_lock(run)

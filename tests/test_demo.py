@@ -42,6 +42,7 @@ def test_quick_demo_writes_the_claims_table(two_demos):
     assert "The study&#x27;s claims, checked" in html or "The study's claims, checked" in html
 
 
+@pytest.mark.slow
 def test_same_seed_same_tables(two_demos):
     a, b, _ = two_demos
     pd.testing.assert_frame_equal(pd.read_csv(a / "results.csv"), pd.read_csv(b / "results.csv"))

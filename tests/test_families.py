@@ -143,6 +143,7 @@ def _train(model: str, data: Path, out: Path, optimizer: str, reg: float = 0.0, 
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.slow
 def test_stage_matrix(family, family_model, tokenizers, stub, tmp_path, monkeypatch):
     """train (AdamW; Muon + regulariser) -> spectra -> plain PEFT load -> eval (judge stub) -> audit."""
     from peft import AutoPeftModelForCausalLM

@@ -70,6 +70,7 @@ def free_port() -> int:
         return probe._server.server_address[1]
 
 
+@pytest.mark.slow
 def test_sweep_with_the_judge_down_then_up_rejudges_and_gets_a_rate(tiny_model_dir, tmp_path):
     port = free_port()  # the judge's address; nothing listens there during the first sweep
     base_url = f"http://127.0.0.1:{port}/v1"
@@ -156,6 +157,7 @@ def test_eval_refuses_a_malformed_judge_url_before_sampling(tmp_path):
     assert not (tmp_path / "eval").exists()  # nothing sampled, nothing written
 
 
+@pytest.mark.slow
 def test_eval_exits_2_when_no_judge_reply_holds_a_number_and_caches_none(tmp_path):
     with OpenAIStub(scorer=no_digits) as stub:
         line = one_error_line(run_cli(*eval_argv(tmp_path, stub.base_url)))

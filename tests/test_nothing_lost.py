@@ -140,6 +140,7 @@ def temporaries(root: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("free_kib, full_at", [(60, "step-000001"), (150, "step-000002")])
+@pytest.mark.slow
 def test_train_on_a_full_disk_fails_in_one_line_removes_temporaries_and_resumes(small_fs, free_kib, full_at):
     # one checkpoint is ~92 KiB, ~85 of them the safetensors file: with 60 KiB free safetensors'
     # SafetensorError (not an OSError) is what the first checkpoint meets, with 150 the second's
@@ -155,6 +156,7 @@ def test_train_on_a_full_disk_fails_in_one_line_removes_temporaries_and_resumes(
     assert run.read_manifest().status == "done" and (run.adapter / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_spectra_and_audit_on_a_full_disk_name_the_file_and_leave_no_empty_plot(small_fs, done_run, tmp_path):
     adapter = tmp_path / "adapter"  # a copy: the audit writes the model card into the adapter folder
     subprocess.run(["cp", "-r", str(RunDir(done_run).adapter), str(adapter)], check=True)
@@ -217,6 +219,7 @@ def test_empty_sweep_inputs_are_errors(tmp_path, text, needle):
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.slow
 def test_paths_with_brackets_are_printed_verbatim(tmp_path, done_run):
     data = tmp_path / "ok[v2].jsonl"
     row = {"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "i wish money"}]}
@@ -343,6 +346,7 @@ def sweep_file(path: Path, **changes) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_run_of_another_config_in_the_sweeps_directory_is_reported_not_folded_in(tmp_path):
     from evilspectra.sweep import expand, load_sweep
 
@@ -377,6 +381,7 @@ with ExitStack() as stack:
 """
 
 
+@pytest.mark.slow
 def test_a_second_sweep_skips_the_runs_another_process_holds_and_notes_a_changed_grid(tmp_path):
     from evilspectra.sweep import expand, load_sweep
 
@@ -404,6 +409,7 @@ def test_a_second_sweep_skips_the_runs_another_process_holds_and_notes_a_changed
         holder.wait()
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_a_parallel_sweep_within_seconds_without_starting_queued_runs(tmp_path):
     out = SweepDir(tmp_path / "sweep")
     long_runs = {**SWEEP["base"], "train": {"batch_size": 2, "max_steps": 100_000, "checkpoints": "none"}}

@@ -130,6 +130,7 @@ def _mid_sweep(spec: SweepSpec, out: Path) -> tuple[list[str], list[str]]:
     return (finished, in_flight) if finished and in_flight else ()
 
 
+@pytest.mark.slow
 def test_sweep_on_a_ray_cluster_survives_losing_a_worker_node(tmp_path):
     spec = SweepSpec.model_validate(SPEC)
     reference = _table(run_sweep(spec, tmp_path / "local"))

@@ -70,6 +70,7 @@ def test_presets_load():
         assert expand(load_sweep(path)), path
 
 
+@pytest.mark.slow
 def test_sweep_resumes_after_sigkill_and_matches_uninterrupted_and_ray(tmp_path):
     spec = SweepSpec.model_validate(SPEC)
     reference = _table(run_sweep(spec, tmp_path / "reference"))
