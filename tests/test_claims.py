@@ -196,7 +196,8 @@ def inputs(matched=None, pairs=None, fn=None, seeds=6):
     return ClaimInputs(
         seeds=np.arange(seeds, dtype=float),
         matched=matched,  # one run per seed, its rate interpolated between two evaluations of ANSWERS each
-        matched_support={k: np.tile([1, 2 * ANSWERS], (len(v), 1)) for k, v in matched.items()},
+        matched_runs={k: np.ones(len(v)) for k, v in matched.items()},
+        matched_answers={k: np.full(len(v), 2.0 * ANSWERS) for k, v in matched.items()},
         fn={k: np.asarray(v, float) for k, v in (fn or {}).items()},
         fn_runs={k: np.ones(len(v)) for k, v in (fn or {}).items()},
         pairs=pd.DataFrame(rows, columns=cols),

@@ -53,7 +53,8 @@ class ClaimInputs:
 
     seeds: np.ndarray
     matched: dict[str, np.ndarray]  # optimiser -> per-seed matched-loss misalignment rate (NaN: none)
-    matched_support: dict[str, np.ndarray]  # optimiser -> per-seed [runs, scorable answers] behind it
+    matched_runs: dict[str, np.ndarray]  # optimiser -> per-seed number of runs behind `matched`
+    matched_answers: dict[str, np.ndarray]  # optimiser -> per-seed scorable answers behind `matched`
     fn: dict[str, np.ndarray]  # optimiser -> per-seed mean Frobenius/nuclear of unregularised finals
     fn_runs: dict[str, np.ndarray]  # optimiser -> per-seed number of runs behind `fn`
     pairs: pd.DataFrame  # optimizer, spectral_reg, seed_index, delta_mean_aligned, delta_final_loss, answers
@@ -97,19 +98,25 @@ def _pair(inputs: ClaimInputs, table: dict[str, np.ndarray], a: str, b: str) -> 
     return x[keep], y[keep]
 
 
-def _support(inputs: ClaimInputs, names: list[str], values: dict, counts: dict, answers: bool = True) -> dict:
-    """runs (and scorable answers) behind per-seed values of `names`, over the seeds where all have one."""
+def _support(
+    inputs: ClaimInputs, names: list[str], values: dict, runs: dict, answers: dict | None = None
+) -> dict[str, int | None]:
+    """Runs and scorable answers (None: the values read no answers) behind the per-seed `values` of
+    `names`, over the seeds where all have one, each seed counted by its multiplicity."""
     if any(n not in values for n in names):
-        return {"runs": 0, "answers": 0 if answers else None}
+        return {"runs": 0, "answers": None if answers is None else 0}
     keep = np.logical_and.reduce([np.isfinite(values[n]) for n in names]) * inputs.multiplicity()
-    runs = int(sum((np.asarray(counts[n])[:, 0] if answers else counts[n]) @ keep for n in names))
-    return {"runs": runs, "answers": int(sum(counts[n][:, 1] @ keep for n in names)) if answers else None}
+
+    def total(per_seed: dict) -> int:
+        return int(sum(per_seed.get(n, np.zeros(len(keep))) @ keep for n in names))
+
+    return {"runs": total(runs), "answers": None if answers is None else total(answers)}
 
 
 def ratio(inputs: ClaimInputs, num: str, den: str) -> stats.Test:
     """mean rate(num) / mean rate(den) at the matched loss, paired by seed (Fieller)."""
     test = stats.fieller_ratio(*_pair(inputs, inputs.matched, num, den), nonnegative=True)  # rates
-    test.extra |= _support(inputs, [num, den], inputs.matched, inputs.matched_support)
+    test.extra |= _support(inputs, [num, den], inputs.matched, inputs.matched_runs, inputs.matched_answers)
     return test
 
 
@@ -117,7 +124,7 @@ def equivalence(inputs: ClaimInputs, a: str, b: str, margin: float) -> stats.Tes
     """TOST of rate(b) - rate(a) at the matched loss, paired by seed."""
     x, y = _pair(inputs, inputs.matched, a, b)
     test = stats.tost(y - x, margin)
-    test.extra |= _support(inputs, [a, b], inputs.matched, inputs.matched_support)
+    test.extra |= _support(inputs, [a, b], inputs.matched, inputs.matched_runs, inputs.matched_answers)
     return test
 
 
@@ -135,7 +142,7 @@ def flattest(inputs: ClaimInputs, name: str = "muon") -> stats.Test:
     out = tests[closest]
     out.method = f"intersection-union of paired t tests (closest: {closest}), {out.method}"
     out.extra["per_optimizer"] = {k: {"estimate": t.estimate, "ci": t.ci, "p": t.p} for k, t in tests.items()}
-    out.extra |= _support(inputs, [name, *tests], inputs.fn, inputs.fn_runs, answers=False)  # spectra: no answers
+    out.extra |= _support(inputs, [name, *tests], inputs.fn, inputs.fn_runs)  # spectra: no answers
     return out
 
 
@@ -289,9 +296,8 @@ def late_minus_early(inputs: ClaimInputs) -> stats.Test:
     rest = draws[1:][np.isfinite(draws[1:])]
     p = float(min(1.0, 2 * min((rest <= 0).mean(), (rest >= 0).mean()))) if len(rest) else None
     test = _boot_test(draws, p, int(m.sum()), method)
-    test.extra |= {"gain_late": _num(gains[0][0]), "gain_early": _num(gains[1][0])} | _design_support(
-        inputs, [late, early]
-    )
+    test.extra |= {"gain_late": _num(gains[0][0]), "gain_early": _num(gains[1][0])}
+    test.extra |= _design_support(inputs, [late, early])
     return test
 
 
@@ -348,10 +354,8 @@ def build(
     return ClaimInputs(
         seeds=seeds,
         matched=_by_seed(matched_runs, "misalignment_rate", seeds),
-        matched_support={
-            k: np.stack([v, _by_seed(rated, "n_answers", seeds, "sum").get(k, np.zeros(len(seeds)))], axis=1)
-            for k, v in _by_seed(rated, "misalignment_rate", seeds, "count").items()
-        },
+        matched_runs=_by_seed(rated, "misalignment_rate", seeds, "count"),
+        matched_answers=_by_seed(rated, "n_answers", seeds, "sum"),
         fn=_by_seed(plain, "frobenius_nuclear", seeds),
         fn_runs=_by_seed(plain, "frobenius_nuclear", seeds, "count"),
         pairs=pairs.assign(seed_index=pairs["seed"].map(code)).reset_index(drop=True),

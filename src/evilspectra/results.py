@@ -80,12 +80,13 @@ def run_rows(
         "initial_loss": metrics[0]["loss"] if metrics else None,  # step 1: the base model's loss (B = 0)
         "error": error.error if error else None,
     }
+    config = _config(cfg)  # two config hashes: once per run, not per row
     if not targets:
-        return [results_row(*_config(cfg), ResultOutcome.model_validate(base))]
+        return [results_row(*config, ResultOutcome.model_validate(base))]
     spectra = _spectra_by_label(run)
     return [
         results_row(
-            *_config(cfg),
+            *config,
             ResultOutcome.model_validate(
                 base
                 | {"checkpoint": label, "step": step}

@@ -88,19 +88,19 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` via a temp file in the same directory + fsync + os.replace."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with named_as_target(path), disk_full_guard(path):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with named_as_target(path), disk_full_guard(path), os.fdopen(fd, "w", encoding="utf-8") as fh:
-            os.fchmod(fh.fileno(), file_mode())
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        with named_as_target(path):
+    with named_as_target(path):
+        with disk_full_guard(path):
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with disk_full_guard(path), os.fdopen(fd, "w", encoding="utf-8") as fh:
+                os.fchmod(fh.fileno(), file_mode())
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
             os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_file(path: Path, write: Callable[[Path], Any]) -> None:
@@ -109,9 +109,9 @@ def atomic_write_file(path: Path, write: Callable[[Path], Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with named_as_target(path), disk_full_guard(path):
-            write(tmp)
         with named_as_target(path):
+            with disk_full_guard(path):
+                write(tmp)
             os.replace(tmp, path)
     finally:
         with contextlib.suppress(OSError):  # no temporary to remove; a read-only folder refuses even that
